@@ -1,0 +1,23 @@
+# locseg: locate (CAMs), then segment (class-agnostic resegmentation) -> pseudo labels -> DeepLab.
+# This file only wires: config, includes and the default target. Stages live in workflow/rules/.
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/cam.smk"
+include: "workflow/rules/segmenter.smk"
+include: "workflow/rules/masks.smk"
+include: "workflow/rules/deeplab.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.eval_cams.output.json.format(split=SPLITS["pseudo_eval"]),
+        rules.evaluate_masks.output.json.format(split=SPLITS["pseudo_eval"]),
+        rules.export_masks.output.masks.format(split=SPLITS["pseudo"]),
+        rules.supervision_gap.output.json.format(split=SPLITS["val"]),
+        rules.export_deeplab_pytorch.output.root,

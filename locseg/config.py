@@ -1,0 +1,115 @@
+"""Config validation before any job runs: JSON schema (with defaults filled in) plus the checks a
+schema cannot express (paths that must exist, names that must agree). One line per problem."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _with_defaults(validator_class):
+    """A validator that also writes schema defaults into the instance (as Snakemake's validate does)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _where(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict, schema_path) -> dict:
+    """Validate in place (defaults filled) and return config; raise ConfigError naming every bad key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [f"{_where(e)}: {e.message}" for e in errors]
+    if not problems:
+        problems = _semantic_problems(config)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+    return config
+
+
+def _semantic_problems(config: dict) -> list[str]:
+    problems = []
+    classes = config["classes"]
+    if classes[0] != "background":
+        problems.append(f"classes: index 0 must be 'background', found {classes[0]!r}")
+    for coco_name, cls in config["coco"]["category_map"].items():
+        if cls not in classes[1:]:
+            problems.append(f"coco.category_map.{coco_name}: {cls!r} is not one of the object classes {classes[1:]}")
+    splits = config["dataset"]["splits"]
+    for key, split in splits.items():
+        if split == "coco":
+            problems.append(f"dataset.splits.{key}: 'coco' is reserved for the external (COCO-layout) split")
+    if config["demo"]["enabled"]:
+        problems += _demo_problems(config)
+    else:
+        problems += _missing_paths(config)
+    return problems
+
+
+def _demo_problems(config: dict) -> list[str]:
+    from locseg.data.demo import DEMO_CLASSES  # local: the schema check stays light
+
+    out = Path(config["demo"]["out"])
+    expected = {
+        "dataset.root": (config["dataset"]["root"], out / "voc"),
+        "coco.image_dir": (config["coco"]["image_dir"], out / "coco" / "images"),
+        "coco.annotations": (config["coco"]["annotations"], out / "coco" / "annotations" / "instances_train.json"),
+    }
+    problems = [f"{key}: with demo.enabled it must be {want} (demo.out is {out}), found {got}"
+                for key, (got, want) in expected.items() if Path(got) != want]
+    if list(config["classes"]) != list(DEMO_CLASSES):
+        problems.append(f"classes: the demo data has classes {list(DEMO_CLASSES)}, config lists {config['classes']}")
+    if config["dataset"]["splits"]["cam"] not in ("train", "val") or any(
+            s not in ("train", "val") for s in config["dataset"]["splits"].values()):
+        problems.append(f"dataset.splits: the demo data has splits train and val, found {config['dataset']['splits']}")
+    return problems
+
+
+def _missing_paths(config: dict) -> list[str]:
+    ds, coco = config["dataset"], config["coco"]
+    root = Path(ds["root"])
+    checks = {
+        "dataset.root": root,
+        "dataset.image_dir": root / ds["image_dir"],
+        "dataset.mask_dir": root / ds["mask_dir"],
+        "coco.image_dir": Path(coco["image_dir"]),
+        "coco.annotations": Path(coco["annotations"]),
+    }
+    for key, split in ds["splits"].items():
+        checks[f"dataset.splits.{key}"] = root / ds["split_dir"] / f"{split}.txt"
+    if ds["labels_file"]:
+        checks["dataset.labels_file"] = Path(ds["labels_file"])
+    for stage in ("cam", "segmenter", "deeplab"):
+        if config[stage]["weights"]:
+            checks[f"{stage}.weights"] = Path(config[stage]["weights"])
+    return [f"{key}: path {path} does not exist" for key, path in checks.items() if not path.exists()]
+
+
+def load_config(path, schema_path) -> dict:
+    """For tools outside Snakemake (the `locseg` command): read YAML and validate it the same way."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a config must be a mapping")
+    return validate_config(config, schema_path)

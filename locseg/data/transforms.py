@@ -1,0 +1,49 @@
+"""Tensor conversion and the joint augmentation applied alike to an image and its aligned maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+def normalize(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H,W,3] -> float [3,H,W] with ImageNet statistics (what pretrained backbones expect)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+    return (x - MEAN) / STD
+
+
+def joint_augment(
+    rng: np.random.Generator,
+    layers: list[tuple[torch.Tensor, str, float]],
+    crop: int,
+    scale_range: tuple[float, float] = (0.7, 1.3),
+    flip: bool = True,
+) -> list[torch.Tensor]:
+    """Random rescale, random crop (padding when smaller) and horizontal flip, identical for every layer.
+
+    `layers` holds (tensor [C,H,W], interpolation 'bilinear'|'nearest', pad value): the image pads with 0
+    (the mean after normalisation), targets pad with 255 (ignored), cues pad with 0.
+    """
+    h, w = layers[0][0].shape[-2:]
+    s = rng.uniform(*scale_range)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    top = int(rng.integers(0, max(nh - crop, 0) + 1))
+    left = int(rng.integers(0, max(nw - crop, 0) + 1))
+    do_flip = flip and rng.random() < 0.5
+    out = []
+    for x, mode, pad in layers:
+        x = x.unsqueeze(0).float()
+        kw = {"align_corners": False} if mode == "bilinear" else {}
+        x = F.interpolate(x, size=(nh, nw), mode=mode, **kw)[0]
+        x = x[:, top : top + crop, left : left + crop]
+        ph, pw = crop - x.shape[1], crop - x.shape[2]
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), value=pad)
+        if do_flip:
+            x = x.flip(-1)
+        out.append(x)
+    return out

@@ -1,0 +1,144 @@
+"""Retrain: DeepLabV3 on pseudo (or GT) masks, then predict a split for evaluation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from locseg.data.transforms import joint_augment, normalize
+from locseg.data.voc import read_image, read_mask
+from locseg.models.deeplab import build_deeplab
+from locseg.train import (
+    autocast,
+    load_checkpoint,
+    make_optimizer,
+    pick_device,
+    poly_lr,
+    prepare_model,
+    progress,
+    save_checkpoint,
+    seed_everything,
+)
+
+log = logging.getLogger("locseg.retrain")
+IGNORE = 255
+
+
+class MaskSet(Dataset):
+    """(augmented image crop, label crop) pairs; label files are index or palette PNGs."""
+
+    def __init__(self, image_paths: dict[str, Path], mask_paths: dict[str, Path], num_classes: int,
+                 crop: int, scale_range, seed: int):
+        self.ids = list(image_paths)
+        self.image_paths, self.mask_paths = image_paths, mask_paths
+        self.num_classes, self.crop, self.scale_range, self.seed = num_classes, crop, scale_range, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image = read_image(self.image_paths[image_id])
+        mask = read_mask(self.mask_paths[image_id], self.num_classes, image.shape[:2])
+        image, mask = joint_augment(
+            rng, [(normalize(image), "bilinear", 0.0), (torch.from_numpy(mask)[None], "nearest", float(IGNORE))],
+            self.crop, self.scale_range,
+        )
+        return image, mask[0].long()
+
+
+def train_deeplab(
+    image_paths: dict[str, Path],
+    mask_paths: dict[str, Path],
+    class_names: list[str],
+    out_path,
+    *,
+    backbone: str = "small",
+    weights: str | None = None,
+    crop: int = 96,
+    scale_range=(0.7, 1.3),
+    batch_size: int = 8,
+    epochs: int = 10,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    device: str = "auto",
+    num_workers: int = 0,
+    meta: dict | None = None,
+) -> dict:
+    """Cross-entropy with 255 ignored and a poly LR schedule (deeplab-pytorch's recipe)."""
+    gen = seed_everything(seed)
+    dev = pick_device(device)
+    missing = [i for i in image_paths if not Path(mask_paths[i]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} label masks missing, e.g. {mask_paths[missing[0]]}")
+    data = MaskSet(image_paths, mask_paths, len(class_names), crop, scale_range, seed)
+    if len(data) < 2:
+        raise ValueError(f"DeepLab training needs at least 2 images, found {len(data)}")
+    loader = DataLoader(data, batch_size=min(batch_size, len(data)), shuffle=True, drop_last=True,
+                        num_workers=num_workers, generator=gen)
+    model = prepare_model(build_deeplab(len(class_names), backbone, weights), dev)
+    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
+    total, step, losses = epochs * len(loader), 0, []
+    log.info("DeepLab training: %d images, %d steps on %s", len(data), total, dev)
+    bar = progress(total=total, desc="train_deeplab")
+    for epoch in range(epochs):
+        data.epoch = epoch
+        model.train()
+        running = 0.0
+        for images, masks in loader:
+            for group in opt.param_groups:
+                group["lr"] = poly_lr(lr, step, total)
+            images, masks = images.to(dev), masks.to(dev)
+            with autocast(dev):
+                logits = model(images)["out"]
+            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.item()
+            step += 1
+            bar.update()
+        losses.append(running / len(loader))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
+    bar.close()
+    summary = {"class_names": list(class_names), "backbone": backbone, "images": len(data),
+               "epochs": epochs, "loss_per_epoch": losses, "seed": seed, **(meta or {})}
+    save_checkpoint(out_path, model, "deeplab", summary)
+    return summary
+
+
+def load_deeplab(path, class_names: list[str], device: torch.device):
+    payload = load_checkpoint(path, "deeplab", class_names)
+    model = build_deeplab(len(class_names), payload["meta"]["backbone"])
+    model.load_state_dict(payload["state_dict"])
+    return prepare_model(model, device).eval()
+
+
+@torch.no_grad()
+def predict(model, image: np.ndarray, device: torch.device, scales=(1.0,), flip: bool = False) -> np.ndarray:
+    """Label map at image size; softmax averaged over scales (and the flipped view) when asked."""
+    h, w = image.shape[:2]
+    x = normalize(image).unsqueeze(0).to(device)
+    prob = torch.zeros(1, 1, h, w, device=device)
+    for s in scales:
+        xs = x if s == 1.0 else F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
+                                              mode="bilinear", align_corners=False)
+        if flip:
+            xs = torch.cat([xs, xs.flip(-1)])
+        with autocast(device):
+            logits = model(xs)["out"].float()
+        p = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)
+        if flip:
+            p = p[:1] + p[1:].flip(-1)
+        prob = prob + p
+    return prob[0].argmax(0).to(torch.uint8).cpu().numpy()

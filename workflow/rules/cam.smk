@@ -1,0 +1,60 @@
+# Locate: the multi-label CAM classifier and per-shard CAM extraction into the HDF5 store.
+
+
+rule train_cam:
+    """Multi-label classifier on the image-level labels of the CAM split."""
+    input:
+        labels=f"{RESULTS}/labels/{SPLITS['cam']}.json",
+        weights=weights_input("cam"),
+    output:
+        model=f"{RESULTS}/models/cam.pt",
+    params:
+        train=pick("cam", "backbone", "weights", "output_stride", "crop", "scale_range", "batch_size",
+                   "epochs", "optimizer", "lr", "weight_decay"),
+        split=SPLITS["cam"],
+        seed=config["seed"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    log:
+        log_path("train_cam"),
+    benchmark:
+        bench_path("train_cam")
+    script:
+        "../scripts/train_cam.py"
+
+
+def cam_split_inputs(wc):
+    """A VOC split needs its image labels; the external split reads its classes from COCO JSON."""
+    if wc.split == EXTERNAL:
+        return {"coco": config["coco"]["annotations"]}
+    return {"labels": rules.image_labels.output.json.format(split=wc.split)}
+
+
+rule extract_cams:
+    """Multi-scale (+ flip) CAMs of each image's present classes, one shard of one split."""
+    input:
+        unpack(cam_split_inputs),
+        model=rules.train_cam.output.model,
+    output:
+        store=f"{RESULTS}/cams/{{split}}/{{shard}}.h5",
+    params:
+        infer=pick("cam", "scales", "flip"),
+        shards=config["shards"],
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=120,
+    log:
+        log_path("extract_cams", "{split}/{shard}"),
+    benchmark:
+        bench_path("extract_cams", "{split}/{shard}")
+    script:
+        "../scripts/extract_cams.py"
+
+
+def cam_shards(split):
+    return expand(rules.extract_cams.output.store, split=split, shard=SHARDS)

@@ -1,0 +1,32 @@
+# Retrain: DeepLabV3 on the pseudo masks, or on GT masks for the fully supervised bound.
+
+
+def deeplab_label_inputs(wc):
+    if wc.labels == "pseudo":
+        return {"masks": rules.export_masks.output.masks.format(split=SPLITS["pseudo"])}
+    return {"split": split_file(SPLITS["pseudo"])}
+
+
+rule train_deeplab:
+    """DeepLabV3, cross-entropy with 255 ignored, poly LR, on the pseudo split's images."""
+    input:
+        unpack(deeplab_label_inputs),
+        weights=weights_input("deeplab"),
+    output:
+        model=f"{RESULTS}/models/deeplab_{{labels}}.pt",
+    params:
+        train=pick("deeplab", "backbone", "weights", "crop", "scale_range", "batch_size", "epochs",
+                   "optimizer", "lr", "weight_decay"),
+        split=SPLITS["pseudo"],
+        seed=config["seed"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=480,
+    log:
+        log_path("train_deeplab", "{labels}"),
+    benchmark:
+        bench_path("train_deeplab", "{labels}")
+    script:
+        "../scripts/train_deeplab.py"

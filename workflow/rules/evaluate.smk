@@ -1,0 +1,81 @@
+# Evaluation: the CAM baseline sweep, pseudo masks (per round) and DeepLab, with plots and overlays.
+
+
+rule eval_cams:
+    """CAM-only baseline: mIoU over a background-threshold sweep; the best threshold is reported."""
+    input:
+        cams=lambda wc: cam_shards(wc.split),
+        split=lambda wc: split_file(wc.split),
+    output:
+        json=f"{RESULTS}/eval/cams_{{split}}.json",
+        curve=f"{RESULTS}/eval/cams_{{split}}_threshold.png",
+    params:
+        thresholds=config["cam"]["thresholds"],
+    log:
+        log_path("eval_cams", "{split}"),
+    benchmark:
+        bench_path("eval_cams", "{split}")
+    script:
+        "../scripts/eval_cams.py"
+
+
+rule evaluate_masks:
+    """Pseudo masks vs GT (metrics JSON), mIoU per resegmentation round, bars and an overlay grid."""
+    input:
+        masks=lambda wc: rules.export_masks.output.masks.format(split=wc.split),
+        probs=lambda wc: expand(rules.resegment.output.store, split=wc.split, shard=SHARDS),
+        cams=lambda wc: cam_shards(wc.split),
+        cam_baseline=rules.eval_cams.output.json,
+        split=lambda wc: split_file(wc.split),
+    output:
+        json=f"{RESULTS}/eval/masks_{{split}}.json",
+        per_class=f"{RESULTS}/eval/masks_{{split}}_per_class.png",
+        overlay=f"{RESULTS}/eval/masks_{{split}}_overlay.png",
+    params:
+        assemble=pick("reseg", "bg_score", "band"),
+        overlay_images=config["report"]["overlay_images"],
+    log:
+        log_path("evaluate_masks", "{split}"),
+    benchmark:
+        bench_path("evaluate_masks", "{split}")
+    script:
+        "../scripts/evaluate_masks.py"
+
+
+rule evaluate_deeplab:
+    """DeepLab predictions on a split (PNG), their metrics JSON and per-class bars."""
+    input:
+        model=rules.train_deeplab.output.model,
+        split=lambda wc: split_file(wc.split),
+    output:
+        json=f"{RESULTS}/eval/deeplab_{{labels}}_{{split}}.json",
+        per_class=f"{RESULTS}/eval/deeplab_{{labels}}_{{split}}_per_class.png",
+        predictions=directory(f"{RESULTS}/predictions/deeplab_{{labels}}/{{split}}"),
+    params:
+        infer=pick("deeplab", "eval_scales", "eval_flip"),
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    log:
+        log_path("evaluate_deeplab", "{labels}_{split}"),
+    benchmark:
+        bench_path("evaluate_deeplab", "{labels}_{split}")
+    script:
+        "../scripts/evaluate_deeplab.py"
+
+
+rule supervision_gap:
+    """mIoU(pseudo) / mIoU(gt): the share of full supervision the pseudo labels recover."""
+    input:
+        pseudo=rules.evaluate_deeplab.output.json.replace("{labels}", "pseudo"),
+        gt=rules.evaluate_deeplab.output.json.replace("{labels}", "gt"),
+    output:
+        json=f"{RESULTS}/eval/supervision_gap_{{split}}.json",
+    log:
+        log_path("supervision_gap", "{split}"),
+    benchmark:
+        bench_path("supervision_gap", "{split}")
+    script:
+        "../scripts/supervision_gap.py"

@@ -1,0 +1,49 @@
+# Segment: the class-agnostic segmenter (external masks + cues) and per-shard resegmentation.
+
+
+rule train_segmenter:
+    """Class-agnostic: (image, one class's cue) -> that object's mask, learned from COCO-layout masks."""
+    input:
+        coco=config["coco"]["annotations"],
+        cams=cam_shards(EXTERNAL) if config["segmenter"]["cue"] == "cam" else [],
+        weights=weights_input("segmenter"),
+    output:
+        model=f"{RESULTS}/models/segmenter.pt",
+    params:
+        train=pick("segmenter", "backbone", "weights", "output_stride", "width", "cue", "crop",
+                   "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay"),
+        category_map=config["coco"]["category_map"],
+        seed=config["seed"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=480,
+    log:
+        log_path("train_segmenter"),
+    benchmark:
+        bench_path("train_segmenter")
+    script:
+        "../scripts/train_segmenter.py"
+
+
+rule resegment:
+    """Every present class of every image through the segmenter, `rounds` times, one shard."""
+    input:
+        model=rules.train_segmenter.output.model,
+        cams=rules.extract_cams.output.store,
+    output:
+        store=f"{RESULTS}/reseg/{{split}}/{{shard}}.h5",
+    params:
+        reseg=pick("reseg", "rounds", "keep_rounds"),
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=120,
+    log:
+        log_path("resegment", "{split}/{shard}"),
+    benchmark:
+        bench_path("resegment", "{split}/{shard}")
+    script:
+        "../scripts/resegment.py"

@@ -1,0 +1,20 @@
+"""Rule resegment: CAMs of one shard through the segmenter, round after round."""
+
+from locseg.logs import log_to
+from locseg.reseg import resegment
+from locseg.sources import image_paths
+from locseg.train import set_threads
+
+with log_to(snakemake.log[0]):
+    set_threads(snakemake.threads)
+    cfg = snakemake.config
+    resegment(
+        snakemake.input.model,
+        snakemake.input.cams,
+        image_paths(cfg, snakemake.wildcards.split),
+        cfg["classes"],
+        snakemake.output.store,
+        **snakemake.params.reseg,
+        device=cfg["device"],
+        config={"reseg": cfg["reseg"], "segmenter": cfg["segmenter"], "split": snakemake.wildcards.split},
+    )

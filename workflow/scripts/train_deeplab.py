@@ -1,0 +1,25 @@
+"""Rule train_deeplab: DeepLabV3 on pseudo masks or on GT masks (the fully supervised bound)."""
+
+from pathlib import Path
+
+from locseg.logs import log_to
+from locseg.retrain import train_deeplab
+from locseg.sources import gt_paths, image_paths
+from locseg.train import config_hash, set_threads
+
+with log_to(snakemake.log[0]):
+    set_threads(snakemake.threads)
+    cfg, split, labels = snakemake.config, snakemake.params.split, snakemake.wildcards.labels
+    images = image_paths(cfg, split)
+    if labels == "pseudo":
+        masks = {i: Path(snakemake.input.masks) / f"{i}.png" for i in images}
+    else:
+        masks = gt_paths(cfg, split)
+    train_deeplab(
+        images, masks, cfg["classes"], snakemake.output.model,
+        **snakemake.params.train,
+        seed=snakemake.params.seed,
+        device=cfg["device"],
+        num_workers=cfg["num_workers"],
+        meta={"labels": labels, "split": split, "config_hash": config_hash(snakemake.params.train)},
+    )

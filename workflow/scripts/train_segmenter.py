@@ -1,0 +1,23 @@
+"""Rule train_segmenter: the class-agnostic segmenter on COCO-layout masks."""
+
+from locseg.logs import log_to
+from locseg.reseg import train_segmenter
+from locseg.sources import coco_split
+from locseg.train import config_hash, set_threads
+
+with log_to(snakemake.log[0]):
+    set_threads(snakemake.threads)
+    cfg = snakemake.config
+    params = dict(snakemake.params.train)
+    params.pop("cue")  # the cue is decided by which stores come in
+    train_segmenter(
+        coco_split(cfg),
+        list(snakemake.input.cams) or None,
+        cfg["classes"],
+        snakemake.output.model,
+        **params,
+        seed=snakemake.params.seed,
+        device=cfg["device"],
+        num_workers=cfg["num_workers"],
+        meta={"config_hash": config_hash(snakemake.params.train)},
+    )
