@@ -48,7 +48,11 @@ class ResNetBackbone(nn.Module):
     def __init__(self, name: str, in_channels: int = 3, output_stride: int = 16):
         super().__init__()
         dilate = {16: [False, False, True], 8: [False, True, True]}[output_stride]
-        net = RESNETS[name](weights=None, replace_stride_with_dilation=dilate)
+        if name == "resnet18":  # torchvision's BasicBlock refuses replace_stride_with_dilation
+            net = RESNETS[name](weights=None)
+            _dilate_basic_blocks(net, dilate)
+        else:
+            net = RESNETS[name](weights=None, replace_stride_with_dilation=dilate)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.body = IntermediateLayerGetter(net, return_layers={"layer1": "low", "layer4": "out"})
@@ -57,6 +61,22 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.body(x)
+
+
+def _dilate_basic_blocks(net, dilate) -> None:
+    """Stride -> dilation for BasicBlock layers, as torchvision's _make_layer does for Bottlenecks: the first
+    block of a dilated layer keeps the previous dilation, later blocks use the new one (same state dict)."""
+    dilation = 1
+    for layer, on in zip((net.layer2, net.layer3, net.layer4), dilate):
+        if not on:
+            continue
+        previous, dilation = dilation, dilation * 2
+        for i, block in enumerate(layer):
+            d = previous if i == 0 else dilation
+            for conv in (block.conv1, block.conv2):
+                conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
+            if block.downsample is not None:
+                block.downsample[0].stride = (1, 1)
 
 
 def build_backbone(name: str, in_channels: int = 3, output_stride: int = 16, weights: str | None = None):

@@ -1,5 +1,8 @@
 # Data: the synthetic demo dataset (when enabled) and image-level labels per split.
 
+from locseg.data.demo import DEMO_VERSION
+
+
 if config["demo"]["enabled"]:
 
     rule demo_data:
@@ -12,6 +15,7 @@ if config["demo"]["enabled"]:
             out=config["demo"]["out"],
             size=config["demo"]["size"],
             seed=config["seed"],
+            version=DEMO_VERSION,
         log:
             log_path("demo_data"),
         benchmark:

@@ -1,0 +1,207 @@
+"""Tests for CAM training and multi-scale + flip CAM inference (locseg/cam.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from locseg.cam import ClassificationSet, extract_cams, infer_cams, load_cam_net, train_cam
+from locseg.data import demo
+from locseg.data.labels import labels_from_masks
+from locseg.data.transforms import normalize
+from locseg.data.voc import VocLayout, image_size
+from locseg.models.cam import CamNet
+from locseg.store import ShardedStore, StoreReader, file_sha256
+
+CLASSES = list(demo.DEMO_CLASSES)
+K = len(CLASSES)
+CPU = torch.device("cpu")
+FAST = dict(crop=32, batch_size=4, epochs=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "data"
+    demo.generate(out, seed=0, size="tiny")
+    layout = VocLayout(out / "voc")
+    ids = layout.ids("train")
+    return {
+        "root": out,
+        "ids": ids,
+        "image_paths": {i: layout.image_path(i) for i in ids},
+        "labels": labels_from_masks(layout, ids, K),
+    }
+
+
+@pytest.fixture(scope="module")
+def cam_ckpt(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cam") / "cam.pt"
+    summary = train_cam(tiny["image_paths"], tiny["labels"], CLASSES, path, seed=3, **FAST)
+    return path, summary
+
+
+# ---------------------------------------------------------------- fake models for infer_cams
+
+
+class FixedCams:
+    """Returns the same raw CAMs [C, h, w] for every batch element, whatever the input."""
+
+    def __init__(self, maps):
+        self.maps = torch.as_tensor(maps, dtype=torch.float32)
+        self.inputs = []
+
+    def cams(self, x):
+        self.inputs.append(x.clone())
+        return self.maps.unsqueeze(0).expand(x.shape[0], -1, -1, -1).clone()
+
+
+class EquivariantCams:
+    """CAMs computed pixel-wise from the input (ReLU of its channels): flipping the input flips the CAM."""
+
+    def cams(self, x):
+        return F.relu(x + 1.0)
+
+
+def test_infer_cams_selects_classes_and_normalises():
+    # three foreground classes, each map a different known pattern at the image size 3x5
+    ramp = np.tile(np.arange(5, dtype=np.float32), (3, 1))  # 0..4 left to right
+    maps = np.stack([ramp, 10 * ramp[:, ::-1], np.full((3, 5), 2.0, np.float32)])
+    model = FixedCams(maps)
+    image = np.zeros((3, 5, 3), np.uint8)
+    out = infer_cams(model, image, [1, 3], scales=(1.0,), flip=False, device=CPU)
+    assert out.dtype == np.float32 and out.shape == (2, 3, 5)
+    # class 1 -> channel 0 (ramp / 4), class 3 -> channel 2 (constant -> all ~1); not channel 1
+    np.testing.assert_allclose(out[0], ramp / 4, atol=1e-4)
+    np.testing.assert_allclose(out[1], np.ones((3, 5)), atol=1e-4)
+    out2 = infer_cams(model, image, [2], scales=(1.0,), flip=False, device=CPU)
+    np.testing.assert_allclose(out2[0], ramp[:, ::-1] / 4, atol=1e-4)
+
+
+def test_infer_cams_flip_is_undone():
+    # A model that ignores its input returns the same ramp for the image and its mirror; undoing the
+    # flip mirrors the second ramp, so the sum is constant (0+4, 1+3, ...) -> normalised all ones.
+    # Without the undo the sum would be 2 * ramp -> ramp / 4 again.
+    ramp = np.tile(np.arange(5, dtype=np.float32), (3, 1))[None]
+    model = FixedCams(ramp)
+    image = np.zeros((3, 5, 3), np.uint8)
+    flipped = infer_cams(model, image, [1], scales=(1.0,), flip=True, device=CPU)
+    np.testing.assert_allclose(flipped[0], np.ones((3, 5)), atol=1e-4)
+    # the second batch element fed to the model is the mirrored image
+    x = model.inputs[-1]
+    assert x.shape[0] == 2
+    torch.testing.assert_close(x[1], x[0].flip(-1))
+    plain = infer_cams(model, image, [1], scales=(1.0,), flip=False, device=CPU)
+    np.testing.assert_allclose(plain[0], ramp[0] / 4, atol=1e-4)
+
+
+def test_infer_cams_flip_on_equivariant_model_changes_nothing():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    model = EquivariantCams()
+    a = infer_cams(model, image, [1, 2, 3], scales=(1.0,), flip=False, device=CPU)
+    b = infer_cams(model, image, [1, 2, 3], scales=(1.0,), flip=True, device=CPU)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # and it is the per-class max-normalised ReLU of the normalised image
+    want = F.relu(normalize(image) + 1.0).numpy()
+    want = want / want.reshape(3, -1).max(1)[:, None, None]
+    np.testing.assert_allclose(a, want, atol=1e-4)
+
+
+def test_infer_cams_multiscale_differs_but_stays_normalised():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (11, 13, 3), dtype=np.uint8)
+    model = EquivariantCams()
+    single = infer_cams(model, image, [1, 2], scales=(1.0,), flip=False, device=CPU)
+    multi = infer_cams(model, image, [1, 2], scales=(1.0, 0.5, 1.5), flip=True, device=CPU)
+    assert multi.shape == single.shape == (2, 11, 13)
+    assert not np.allclose(multi, single, atol=1e-3)
+    assert multi.min() >= 0 and multi.max() <= 1
+    np.testing.assert_allclose(multi.reshape(2, -1).max(1), 1.0, atol=1e-4)
+
+
+def test_infer_cams_no_classes():
+    out = infer_cams(FixedCams(np.ones((2, 3, 3))), np.zeros((5, 7, 3), np.uint8), [], (1.0,), False, CPU)
+    assert out.shape == (0, 5, 7) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("hw", [(37, 29), (33, 51)])
+def test_infer_cams_real_net_odd_sizes(hw):
+    torch.manual_seed(0)
+    model = CamNet(K - 1).eval()
+    with torch.no_grad():  # random-init CAMs peak near 1e-4, where the 1e-5 epsilon of the normalisation shows
+        model.classifier.weight.mul_(1000)
+    image = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    out = infer_cams(model, image, [1, 4], scales=(1.0, 0.5), flip=True, device=CPU)
+    assert out.shape == (2, *hw) and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    for m in out:  # max-normalised, unless the ReLU'd CAM is zero everywhere
+        assert m.max() == 0 or m.max() > 0.999
+
+
+# ---------------------------------------------------------------- dataset and training
+
+
+def test_classification_set(tiny):
+    labels = dict(tiny["labels"])
+    first = tiny["ids"][0]
+    labels[first] = []  # no foreground: dropped
+    data = ClassificationSet(tiny["image_paths"], labels, K, crop=32, scale_range=(0.7, 1.3), seed=0)
+    assert first not in data.ids and len(data) == len(tiny["ids"]) - 1
+    image, target = data[0]
+    assert image.shape == (3, 32, 32) and target.shape == (K - 1,)
+    want = torch.zeros(K - 1)
+    want[[c - 1 for c in labels[data.ids[0]]]] = 1
+    torch.testing.assert_close(target, want)
+    again, _ = data[0]
+    torch.testing.assert_close(image, again)  # randomness fixed by (seed, epoch, index)
+    data.epoch = 1
+    assert not torch.equal(data[0][0], image)
+
+
+def test_train_cam_checkpoint(cam_ckpt):
+    path, summary = cam_ckpt
+    assert path.is_file() and not path.with_name(path.name + ".tmp").exists()
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    assert payload["kind"] == "cam" and payload["meta"]["class_names"] == CLASSES
+    assert summary["epochs"] == 1 and len(summary["loss_per_epoch"]) == 1
+    assert np.isfinite(summary["loss_per_epoch"][0])
+    model = load_cam_net(path, CLASSES, CPU)
+    assert not model.training and model.classifier.out_channels == K - 1
+
+
+def test_train_cam_deterministic(tiny, cam_ckpt, tmp_path):
+    path, _ = cam_ckpt
+    train_cam(tiny["image_paths"], tiny["labels"], CLASSES, tmp_path / "again.pt", seed=3, **FAST)
+    a = torch.load(path, weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "again.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_train_cam_needs_two_images(tiny, tmp_path):
+    one = {tiny["ids"][0]: tiny["image_paths"][tiny["ids"][0]]}
+    with pytest.raises(ValueError, match="at least 2"):
+        train_cam(one, tiny["labels"], CLASSES, tmp_path / "x.pt", **FAST)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_extract_cams_store(tiny, cam_ckpt, tmp_path):
+    path, _ = cam_ckpt
+    ids = tiny["ids"][:4]
+    out = tmp_path / "cams" / "0.h5"
+    extract_cams(path, tiny["image_paths"], tiny["labels"], ids, CLASSES, out, scales=(1.0, 0.5), flip=True,
+                 device="cpu")
+    with StoreReader(out, kind="cam", class_names=CLASSES) as r:
+        assert list(r.ids) == ids
+        assert list(r.attrs["scales"]) == [1.0, 0.5]
+        assert r.attrs["model_sha256"] == file_sha256(path)
+        for i in ids:
+            maps, classes = r.read(i)
+            assert list(classes) == tiny["labels"][i]
+            assert maps.shape == (len(classes), *image_size(tiny["image_paths"][i]))
+            assert maps.min() >= 0 and maps.max() <= 1
+    with ShardedStore([out], kind="cam") as s:
+        assert len(s) == 4

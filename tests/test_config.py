@@ -1,0 +1,164 @@
+"""Tests for config validation (locseg/config.py, workflow/schemas/config.schema.yaml)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from locseg.config import ConfigError, load_config, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT = ROOT / "config" / "config.yaml"
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+def _error(config) -> str:
+    with pytest.raises(ConfigError) as e:
+        validate_config(config, SCHEMA)
+    msg = str(e.value)
+    assert "\n" not in msg  # one line, however many problems
+    return msg
+
+
+@pytest.fixture
+def real_tree(tmp_path):
+    """A minimal on-disk VOC + COCO layout for demo.enabled: false."""
+    voc = tmp_path / "voc"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / d).mkdir(parents=True)
+    for split in ("train", "val"):
+        (voc / "ImageSets/Segmentation" / f"{split}.txt").write_text("a\n")
+    (tmp_path / "coco/images").mkdir(parents=True)
+    (tmp_path / "coco/instances.json").write_text("{}")
+    return tmp_path
+
+
+def _real(config, root):
+    config["demo"]["enabled"] = False
+    config["dataset"]["root"] = str(root / "voc")
+    config["coco"]["image_dir"] = str(root / "coco/images")
+    config["coco"]["annotations"] = str(root / "coco/instances.json")
+    return config
+
+
+def test_default_config_passes(config):
+    before = copy.deepcopy(config)
+    out = validate_config(config, SCHEMA)
+    assert out is config
+    assert out["cam"]["epochs"] == before["cam"]["epochs"] == 50  # given values untouched
+
+
+def test_defaults_filled(config):
+    del config["num_workers"]
+    del config["reseg"]
+    del config["cam"]["flip"]
+    del config["dataset"]["image_dir"]
+    config.pop("report", None)
+    validate_config(config, SCHEMA)
+    assert config["num_workers"] == 0
+    assert config["reseg"] == {"rounds": 3, "keep_rounds": True, "bg_score": 0.5, "band": 0.0}
+    assert config["cam"]["flip"] is False
+    assert config["dataset"]["image_dir"] == "JPEGImages"
+    assert config["report"] == {"overlay_images": 8}
+    assert config["segmenter"]["cue"] == "cam"
+
+
+def test_wrong_type_names_key(config):
+    config["cam"]["epochs"] = "ten"
+    msg = _error(config)
+    assert "cam.epochs" in msg and "ten" in msg
+
+
+def test_several_problems_one_line(config):
+    config["cam"]["epochs"] = "ten"
+    config["reseg"]["bg_score"] = 1.5
+    msg = _error(config)
+    assert "cam.epochs" in msg and "reseg.bg_score" in msg
+
+
+def test_unknown_keys(config):
+    config["bogus"] = 1
+    msg = _error(config)
+    assert "bogus" in msg
+    del config["bogus"]
+    config["cam"]["epoch"] = 3  # typo of a known key
+    msg = _error(config)
+    assert "cam" in msg and "'epoch'" in msg
+
+
+def test_missing_required(config):
+    del config["classes"]
+    assert "classes" in _error(config)
+
+
+def test_category_map_value_not_a_class(config):
+    config["coco"]["category_map"]["cervid"] = "deer"
+    msg = _error(config)
+    assert "coco.category_map.cervid" in msg and "deer" in msg
+
+
+def test_background_first_and_coco_split_reserved(config):
+    config["dataset"]["splits"]["val"] = "coco"
+    assert "dataset.splits.val" in _error(config)
+
+
+def test_demo_paths_must_follow_demo_out(config):
+    config["demo"]["out"] = "elsewhere/demo"
+    msg = _error(config)
+    assert "dataset.root" in msg and "coco.image_dir" in msg and "coco.annotations" in msg
+    assert "elsewhere/demo" in msg
+
+
+def test_demo_classes_and_splits(config):
+    config["classes"] = ["background", "ant", "bat", "cow", "yak"]
+    config["coco"]["category_map"]["cervid"] = "yak"
+    assert "classes" in _error(config)
+
+
+def test_real_dataset_paths_exist(config, real_tree):
+    validate_config(_real(config, real_tree), SCHEMA)
+
+
+def test_real_dataset_missing_root(config, real_tree):
+    config = _real(config, real_tree)
+    config["dataset"]["root"] = str(real_tree / "nowhere")
+    msg = _error(config)
+    assert "dataset.root" in msg and "nowhere" in msg
+
+
+def test_real_dataset_missing_split_and_weights(config, real_tree):
+    config = _real(config, real_tree)
+    config["dataset"]["splits"]["val"] = "test"
+    config["segmenter"]["weights"] = str(real_tree / "r101.pth")
+    msg = _error(config)
+    assert "dataset.splits.val" in msg and "test.txt" in msg
+    assert "segmenter.weights" in msg and "r101.pth" in msg
+
+
+def test_load_config(tmp_path, config):
+    good = tmp_path / "c.yaml"
+    good.write_text(yaml.safe_dump(config))
+    assert load_config(good, SCHEMA)["classes"][0] == "background"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cam: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad, SCHEMA)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(lst, SCHEMA)
+    with pytest.raises(ConfigError, match="absent.yaml"):
+        load_config(tmp_path / "absent.yaml", SCHEMA)
+    typo = tmp_path / "typo.yaml"
+    config["deeplab"]["epochs"] = 0
+    typo.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="deeplab.epochs"):
+        load_config(typo, SCHEMA)

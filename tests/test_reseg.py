@@ -1,0 +1,330 @@
+"""Tests for the class-agnostic segmenter stage and label assembly (locseg/reseg.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from locseg.cam import extract_cams, train_cam
+from locseg.data import demo
+from locseg.data.coco import CocoSplit
+from locseg.data.labels import labels_from_masks
+from locseg.data.transforms import normalize
+from locseg.data.voc import VocLayout, image_size, read_mask
+from locseg.models.segmenter import Segmenter
+from locseg.reseg import (
+    CueSet,
+    assemble_labels,
+    degraded_cue,
+    dice_bce_loss,
+    export_masks,
+    load_segmenter,
+    resegment,
+    resegment_image,
+    train_segmenter,
+)
+from locseg.store import ShardedStore, StoreReader
+
+CLASSES = list(demo.DEMO_CLASSES)
+K = len(CLASSES)
+CPU = torch.device("cpu")
+FAST = dict(crop=32, batch_size=4, epochs=1, device="cpu")
+
+
+# ---------------------------------------------------------------- assemble_labels (hand-computed)
+
+M2 = np.array(
+    [
+        [[0.9, 0.2, 0.5], [0.1, 0.6, 0.3]],  # class 2
+        [[0.1, 0.7, 0.5], [0.2, 0.4, 0.3]],  # class 4
+    ],
+    np.float32,
+)
+
+
+def test_assemble_labels_bg_half_and_class_mapping():
+    # best = [[.9 .7 .5] [.2 .6 .3]]; .5 is not > .5 -> background
+    got = assemble_labels(M2, [2, 4], bg_score=0.5)
+    np.testing.assert_array_equal(got, np.array([[2, 4, 0], [0, 2, 0]], np.uint8))
+    assert got.dtype == np.uint8 and got.shape == (2, 3)
+
+
+def test_assemble_labels_low_bg_and_ties():
+    # bg 0.25: (0,2) and (1,2) tie between the classes -> the first listed class wins; (1,0) .2 < .25 -> bg
+    got = assemble_labels(M2, [2, 4], bg_score=0.25)
+    np.testing.assert_array_equal(got, np.array([[2, 4, 2], [0, 2, 2]], np.uint8))
+    # order of the maps decides ties, not the class index
+    got = assemble_labels(M2[::-1].copy(), [4, 2], bg_score=0.25)
+    np.testing.assert_array_equal(got, np.array([[2, 4, 4], [0, 2, 4]], np.uint8))
+
+
+def test_assemble_labels_high_bg_all_background():
+    np.testing.assert_array_equal(assemble_labels(M2, [2, 4], bg_score=0.95), np.zeros((2, 3), np.uint8))
+
+
+def test_assemble_labels_band():
+    # |best - .5| = [[.4 .2 0] [.3 .1 .2]]; < .15 -> 255
+    got = assemble_labels(M2, [2, 4], bg_score=0.5, band=0.15)
+    np.testing.assert_array_equal(got, np.array([[2, 4, 255], [0, 255, 0]], np.uint8))
+    # band 0 leaves no 255
+    assert 255 not in assemble_labels(M2, [2, 4], bg_score=0.5, band=0.0)
+
+
+def test_assemble_labels_no_classes():
+    got = assemble_labels(np.zeros((0, 4, 5), np.float32), [], bg_score=0.0)
+    np.testing.assert_array_equal(got, np.zeros((4, 5), np.uint8))
+    assert got.dtype == np.uint8
+
+
+def test_assemble_labels_single_class():
+    m = np.array([[[0.1, 0.6], [0.51, 0.49]]], np.float32)
+    np.testing.assert_array_equal(assemble_labels(m, [3], 0.5), np.array([[0, 3], [3, 0]], np.uint8))
+
+
+# ---------------------------------------------------------------- degraded_cue
+
+
+def test_degraded_cue_peak_inside_mask():
+    target = np.zeros((20, 30), np.uint8)
+    target[5:12, 10:20] = 1
+    target[0:3, 0:3] = 255  # crowd: never the centre
+    for seed in range(5):
+        cue = degraded_cue(target, np.random.default_rng(seed))
+        assert cue.shape == (20, 30) and cue.dtype == np.float32
+        assert cue.min() >= 0 and cue.max() <= 1
+        y, x = np.unravel_index(cue.argmax(), cue.shape)
+        assert target[y, x] == 1
+        assert cue[y, x] == pytest.approx(1.0)
+        # sigma = 0.25 * sqrt(70): a bump, not the full shape; decays away from the peak
+        assert cue[0, 29] < 1e-3 or abs(y) + abs(29 - x) < 10
+
+
+def test_degraded_cue_empty_and_deterministic():
+    empty = np.zeros((6, 7), np.uint8)
+    empty[0, 0] = 255
+    cue = degraded_cue(empty, np.random.default_rng(0))
+    assert cue.shape == (6, 7) and not cue.any()
+    target = np.zeros((16, 16), np.uint8)
+    target[2:14, 3:9] = 1
+    a = degraded_cue(target, np.random.default_rng(42))
+    b = degraded_cue(target, np.random.default_rng(42))
+    np.testing.assert_array_equal(a, b)
+    others = [degraded_cue(target, np.random.default_rng(s)) for s in range(10)]
+    assert any(not np.array_equal(a, o) for o in others)
+
+
+def test_degraded_cue_value_hand_computed():
+    target = np.zeros((3, 3), np.uint8)
+    target[1, 1] = 1  # one pixel: centre fixed, sigma = 0.25
+    cue = degraded_cue(target, np.random.default_rng(0))
+    assert cue[1, 1] == pytest.approx(1.0)
+    assert cue[1, 2] == pytest.approx(math.exp(-1 / (2 * 0.25**2)), rel=1e-5)
+    assert cue[0, 0] == pytest.approx(math.exp(-2 / (2 * 0.25**2)), rel=1e-4)
+
+
+# ---------------------------------------------------------------- dice_bce_loss
+
+
+def test_dice_bce_hand_value():
+    logits = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[1, 1], [0, 0]]])
+    # BCE = ln 2; p = .5: inter 1, sum p 2, sum t 2 -> dice = 1 - 3/5
+    assert dice_bce_loss(logits, target).item() == pytest.approx(math.log(2) + 0.4, rel=1e-5)
+    ignored = torch.tensor([[[1, 0], [255, 255]]])
+    # valid 2: BCE = ln 2; p sum 1, inter .5, t sum 1 -> dice = 1 - 2/3
+    assert dice_bce_loss(logits, ignored).item() == pytest.approx(math.log(2) + 1 / 3, rel=1e-5)
+
+
+def test_dice_bce_ignores_255():
+    torch.manual_seed(0)
+    target = torch.randint(0, 2, (2, 6, 6))
+    target[:, :2] = 255
+    logits = torch.randn(2, 1, 6, 6)
+    other = logits.clone()
+    other[:, 0, :2] = 50.0  # confidently "object" where ignored
+    third = logits.clone()
+    third[:, 0, :2] = -50.0
+    base = dice_bce_loss(logits, target)
+    assert dice_bce_loss(other, target).item() == pytest.approx(base.item(), rel=1e-6)
+    assert dice_bce_loss(third, target).item() == pytest.approx(base.item(), rel=1e-6)
+
+
+def test_dice_bce_perfect_vs_wrong():
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[0, 2:5, 2:6] = 1
+    target[1, 0:3, :] = 1
+    perfect = (target.float() * 40 - 20)[:, None]
+    assert dice_bce_loss(perfect, target).item() < 1e-3
+    wrong = -perfect
+    assert dice_bce_loss(wrong, target).item() > 5
+    assert dice_bce_loss(perfect, target).requires_grad is False  # plain tensors in, plain out
+
+
+# ---------------------------------------------------------------- resegment_image
+
+
+class RecordingModel:
+    """logit = 2 * cue - 1, recording every (image, cue) it was called with."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, cue):
+        self.calls.append((x.clone(), cue.clone()))
+        return cue * 2 - 1
+
+
+def test_resegment_image_feeds_rounds_back():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    cams = rng.random((2, 5, 7)).astype(np.float32)
+    model = RecordingModel()
+    out = resegment_image(model, image, cams, rounds=3, device=CPU)
+    assert out.shape == (3, 2, 5, 7) and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    # hand recurrence c_{r+1} = sigmoid(2 c_r - 1)
+    c = cams.astype(np.float64)
+    for r in range(3):
+        c = 1 / (1 + np.exp(-(2 * c - 1)))
+        np.testing.assert_allclose(out[r], c, atol=1e-5)
+    assert len(model.calls) == 3
+    np.testing.assert_allclose(model.calls[0][1][:, 0].numpy(), cams, atol=0)
+    for r in (1, 2):
+        np.testing.assert_allclose(model.calls[r][1][:, 0].numpy(), out[r - 1], atol=1e-6)
+    x = model.calls[0][0]
+    assert x.shape == (2, 3, 5, 7)
+    torch.testing.assert_close(x[1], normalize(image))
+
+
+def test_resegment_image_no_classes_and_real_model():
+    out = resegment_image(RecordingModel(), np.zeros((4, 6, 3), np.uint8), np.zeros((0, 4, 6), np.float32), 2, CPU)
+    assert out.shape == (2, 0, 4, 6)
+    torch.manual_seed(0)
+    model = Segmenter().eval()
+    rng = np.random.default_rng(1)
+    out = resegment_image(model, rng.integers(0, 256, (19, 23, 3), dtype=np.uint8),
+                          rng.random((3, 19, 23)).astype(np.float32), 2, CPU)
+    assert out.shape == (2, 3, 19, 23) and out.min() >= 0 and out.max() <= 1
+
+
+# ---------------------------------------------------------------- training and the stage on the tiny demo
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "data"
+    demo.generate(out, seed=0, size="tiny")
+    layout = VocLayout(out / "voc")
+    ids = layout.ids("train")
+    coco = CocoSplit(out / "coco/annotations/instances_train.json", out / "coco/images",
+                     demo.DEMO_COCO_CATEGORY_MAP, CLASSES)
+    return {
+        "layout": layout,
+        "ids": ids,
+        "image_paths": {i: layout.image_path(i) for i in ids},
+        "labels": labels_from_masks(layout, ids, K),
+        "coco": coco,
+    }
+
+
+@pytest.fixture(scope="module")
+def stage(tiny, tmp_path_factory):
+    """CAM net -> CAMs of the COCO split and of the train split -> segmenter on CAM cues."""
+    d = tmp_path_factory.mktemp("stage")
+    train_cam(tiny["image_paths"], tiny["labels"], CLASSES, d / "cam.pt", seed=0, **FAST)
+    coco = tiny["coco"]
+    extract_cams(d / "cam.pt", {i: coco.image_path(i) for i in coco.ids}, {i: coco.labels(i) for i in coco.ids},
+                 coco.ids, CLASSES, d / "cams_coco.h5", device="cpu")
+    half = len(tiny["ids"]) // 2
+    shards = [d / "cams_train_0.h5", d / "cams_train_1.h5"]
+    for path, ids in zip(shards, (tiny["ids"][:half], tiny["ids"][half:])):
+        extract_cams(d / "cam.pt", tiny["image_paths"], tiny["labels"], ids, CLASSES, path, device="cpu")
+    summary = train_segmenter(coco, [d / "cams_coco.h5"], CLASSES, d / "seg.pt", seed=5, width=16, **FAST)
+    return {"dir": d, "cam_shards": shards, "seg": d / "seg.pt", "summary": summary}
+
+
+def test_cueset_degraded(tiny):
+    coco = tiny["coco"]
+    data = CueSet(coco, None, crop=32, scale_range=(0.7, 1.3), seed=0)
+    assert len(data) == sum(len(coco.labels(i)) for i in coco.ids)
+    image, cue, target = data[0]
+    assert image.shape == (3, 32, 32) and cue.shape == (1, 32, 32) and target.shape == (32, 32)
+    assert target.dtype == torch.long
+    assert set(target.unique().tolist()) <= {0, 1, 255}
+    assert cue.min() >= 0 and cue.max() <= 1 + 1e-6
+
+
+def test_cueset_refuses_incomplete_store(tiny, stage):
+    with ShardedStore([stage["cam_shards"][0]], kind="cam", class_names=CLASSES) as cams, \
+            pytest.raises(ValueError, match="lacks"):
+        CueSet(tiny["coco"], cams, 32, (0.7, 1.3), 0)
+
+
+def test_train_segmenter_checkpoint(stage):
+    payload = torch.load(stage["seg"], map_location="cpu", weights_only=True)
+    assert payload["kind"] == "segmenter" and payload["meta"]["cue"] == "cam"
+    assert stage["summary"]["width"] == 16 and np.isfinite(stage["summary"]["loss_per_epoch"][0])
+    model = load_segmenter(stage["seg"], CLASSES, CPU)
+    assert isinstance(model, Segmenter) and not model.training
+
+
+def test_train_segmenter_deterministic_degraded(tiny, tmp_path):
+    a_path, b_path = tmp_path / "a.pt", tmp_path / "b.pt"
+    sa = train_segmenter(tiny["coco"], None, CLASSES, a_path, seed=1, width=16, **FAST)
+    train_segmenter(tiny["coco"], None, CLASSES, b_path, seed=1, width=16, **FAST)
+    assert sa["cue"] == "degraded_gt"
+    a = torch.load(a_path, weights_only=True)["state_dict"]
+    b = torch.load(b_path, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resegment_and_export(tiny, stage, tmp_path):
+    probs = []
+    for n, shard in enumerate(stage["cam_shards"]):
+        out = tmp_path / f"prob_{n}.h5"
+        resegment(stage["seg"], shard, tiny["image_paths"], CLASSES, out, rounds=2, device="cpu")
+        probs.append(out)
+    with StoreReader(probs[0], kind="prob", class_names=CLASSES) as r, \
+            StoreReader(stage["cam_shards"][0], kind="cam") as cams:
+        assert r.ids == cams.ids
+        for i in r.ids:
+            maps, classes = r.read(i)
+            rounds = r.read_extra(i, "rounds")
+            assert list(classes) == list(cams.read(i)[1])
+            assert rounds.shape == (2, *maps.shape)
+            np.testing.assert_allclose(rounds[-1], maps, atol=1e-3)
+            assert maps.min() >= 0 and maps.max() <= 1
+    n = export_masks(probs, CLASSES, tmp_path / "masks", bg_score=0.5, band=0.1)
+    assert n == len(tiny["ids"])
+    pngs = sorted((tmp_path / "masks").iterdir())
+    assert [p.stem for p in pngs] == sorted(tiny["ids"])
+    for p in pngs:
+        with Image.open(p) as img:
+            assert img.mode == "P"
+        mask = read_mask(p, K, image_size(tiny["image_paths"][p.stem]))
+        assert set(np.unique(mask).tolist()) <= set(range(K)) | {255}
+        # only the image's present classes can appear
+        assert set(np.unique(mask).tolist()) <= {0, 255, *tiny["labels"][p.stem]}
+    assert not (tmp_path / "masks.tmp").exists()
+
+
+def test_resegment_single_round_keeps_no_rounds(tiny, stage, tmp_path):
+    out = tmp_path / "p.h5"
+    resegment(stage["seg"], stage["cam_shards"][1], tiny["image_paths"], CLASSES, out, rounds=1, device="cpu")
+    with StoreReader(out) as r:
+        assert r.read_extra(r.ids[0], "rounds") is None
+    with pytest.raises(ValueError, match="rounds"):
+        resegment(stage["seg"], stage["cam_shards"][1], tiny["image_paths"], CLASSES, tmp_path / "q.h5", rounds=0)
+
+
+def test_resegment_refuses_other_classes(tiny, stage, tmp_path):
+    other = CLASSES[:-1] + ["yak"]
+    with pytest.raises(ValueError, match="yak"):
+        resegment(stage["seg"], stage["cam_shards"][0], tiny["image_paths"], other, tmp_path / "p.h5", device="cpu")
+    assert not (tmp_path / "p.h5").exists()
