@@ -53,7 +53,14 @@ def test_default_config_passes(config):
     before = copy.deepcopy(config)
     out = validate_config(config, SCHEMA)
     assert out is config
-    assert out["cam"]["epochs"] == before["cam"]["epochs"] == 50  # given values untouched
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [(prefix + k, v)]
+
+    got = dict(leaves(out))
+    for key, value in leaves(before):  # every given value untouched
+        assert got[key] == value, key
+    assert out["cam"]["epochs"] == before["cam"]["epochs"]
 
 
 def test_defaults_filled(config):
@@ -108,6 +115,9 @@ def test_category_map_value_not_a_class(config):
 def test_background_first_and_coco_split_reserved(config):
     config["dataset"]["splits"]["val"] = "coco"
     assert "dataset.splits.val" in _error(config)
+    config["dataset"]["splits"]["val"] = "val"
+    config["classes"] = ["ant", "background", "bat", "cow", "elk"]
+    assert "index 0 must be 'background'" in _error(config)
 
 
 def test_demo_paths_must_follow_demo_out(config):
