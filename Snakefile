@@ -11,6 +11,7 @@ include: "workflow/rules/segmenter.smk"
 include: "workflow/rules/masks.smk"
 include: "workflow/rules/deeplab.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -21,3 +22,4 @@ rule all:
         rules.export_masks.output.masks.format(split=SPLITS["pseudo"]),
         rules.supervision_gap.output.json.format(split=SPLITS["val"]),
         rules.export_deeplab_pytorch.output.root,
+        rules.report.output.html,

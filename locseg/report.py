@@ -1,0 +1,268 @@
+"""The run in one place: every number with its split, the plots and overlays, run times and the config.
+
+Two twins are written: an HTML file that stands alone (images embedded as base64 data URIs, inline CSS,
+no script), to mail or archive, and a Markdown file that links the PNGs by relative path, to read in a
+repository browser. Both come from the same rows, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import importlib.metadata
+import math
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from locseg import viz
+from locseg.data.voc import read_image, read_mask
+from locseg.fsutil import atomic_path, read_json
+from locseg.store import ShardedStore
+
+NA = "n/a"
+# Its own timing file is left out of the run-time table: it is from the previous report, if any.
+_SELF_RULE = "report"
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1, h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: .3em .7em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: .9em; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: .85em; }
+.muted { color: #777; }
+""".strip()
+
+
+def fmt(value, scale: float = 1.0, digits: int = 1) -> str:
+    """A number for a table: `value * scale` with `digits` decimals; None and NaN read as 'n/a'."""
+    if value is None:
+        return NA
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return NA
+    if not math.isfinite(x):
+        return NA
+    return f"{x * scale:.{digits}f}"
+
+
+def pct(value) -> str:
+    """mIoU and fractions as percentages with one decimal (the papers' 68.8)."""
+    return fmt(value, 100.0, 1)
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def result_rows(cams: dict, masks: dict, deeplab: dict[str, dict], gap: dict) -> list[dict]:
+    """One row per reported number: what, split, mIoU, ignored fraction, images, a note."""
+
+    def row(what, m, note="", miou=None):
+        return {"what": what, "split": m.get("split", NA), "miou": pct(m.get("miou") if miou is None else miou),
+                "ignored": pct(m.get("ignored_frac")), "images": str(m.get("n_images", NA)), "note": note}
+
+    rows = [row("CAM baseline (best background threshold)", cams,
+                f"threshold {fmt(cams.get('best_threshold'), digits=2)}")]
+    for r in masks.get("rounds", []):
+        rows.append(row(f"resegmentation round {r['round']}", masks, "assembled from this round's probabilities",
+                        miou=r["miou"]) | {"ignored": NA})
+    rows.append(row("pseudo masks (exported)", masks,
+                    f"bg_score {fmt(masks.get('bg_score'), digits=2)}, band {fmt(masks.get('band'), digits=2)}"))
+    for labels, m in deeplab.items():
+        rows.append(row(f"DeepLab trained on {labels} labels", m))
+    rows.append({"what": "DeepLab pseudo / GT (supervision gap)", "split": gap.get("split", NA), "miou": NA,
+                 "ignored": NA, "images": NA,
+                 "note": f"ratio {fmt(gap.get('ratio'), digits=3)} = {pct(gap.get('miou_pseudo'))} / "
+                         f"{pct(gap.get('miou_gt'))}"})
+    return rows
+
+
+def benchmark_rows(benchmarks_dir) -> list[dict]:
+    """Per rule: jobs, total and longest wall time (the `s` column of Snakemake's benchmark TSVs)."""
+    root = Path(benchmarks_dir)
+    per_rule: dict[str, list[float]] = {}
+    for path in sorted(root.rglob("*.tsv")) if root.is_dir() else []:
+        rel = path.relative_to(root)
+        rule = rel.parts[0] if len(rel.parts) > 1 else path.stem
+        if rule == _SELF_RULE:
+            continue
+        with open(path, newline="") as fh:
+            for rec in csv.DictReader(fh, delimiter="\t"):
+                try:
+                    per_rule.setdefault(rule, []).append(float(rec["s"]))
+                except (KeyError, TypeError, ValueError):
+                    raise ValueError(f"{path}: not a Snakemake benchmark TSV (no numeric 's' column)") from None
+    rows = [{"rule": rule, "jobs": str(len(s)), "total_s": fmt(sum(s)), "max_s": fmt(max(s))}
+            for rule, s in sorted(per_rule.items(), key=lambda kv: -sum(kv[1]))]
+    if per_rule:
+        every = [x for s in per_rule.values() for x in s]
+        rows.append({"rule": "all rules (sum of job times)", "jobs": str(len(every)), "total_s": fmt(sum(every)),
+                     "max_s": fmt(max(every))})
+    return rows
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "locseg", "snakemake"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = NA
+    return out
+
+
+# --------------------------------------------------------------------------- overlay grid
+
+
+def sample_ids(ids: Sequence[str], n: int) -> list[str]:
+    """A fixed, evenly spread sample (as evaluate_masks picks), so overlays show the same images every run."""
+    ids = list(ids)
+    if n >= len(ids):
+        return ids
+    step = len(ids) / n
+    return [ids[int(i * step)] for i in range(n)]
+
+
+def overlay_grid(path, ids: Sequence[str], image_paths: dict, gt_paths: dict, class_names: list[str], *,
+                 cam_stores: Sequence | None = None, mask_dir=None, pred_dirs: dict[str, os.PathLike] | None = None,
+                 ) -> list[str]:
+    """image | GT | CAM | pseudo mask | DeepLab (per label source), one row per id; returns the column titles.
+
+    Views that a split has no data for (no CAM store, no pseudo masks) are left out as columns; a file
+    missing for one image leaves its cell blank.
+    """
+    n = len(class_names)
+    titles = ["image", "ground truth"]
+    if cam_stores:
+        titles.append("CAM (max over classes)")
+    if mask_dir is not None:
+        titles.append("pseudo mask")
+    pred_dirs = dict(pred_dirs or {})
+    titles += [f"DeepLab ({labels} labels)" for labels in pred_dirs]
+
+    def mask_panel(image, p):
+        p = Path(p)
+        return viz.blend(image, read_mask(p, n, image.shape[:2])) if p.is_file() else None
+
+    cams = ShardedStore(cam_stores, kind="cam", class_names=class_names) if cam_stores else None
+    try:
+        rows = []
+        for image_id in ids:
+            image = read_image(image_paths[image_id])
+            row = [image, mask_panel(image, gt_paths[image_id])]
+            if cams is not None:
+                if image_id in cams:
+                    maps, _ = cams.read(image_id)
+                    row.append(viz.heatmap(image, maps.max(0) if len(maps) else np.zeros(image.shape[:2])))
+                else:
+                    row.append(None)
+            if mask_dir is not None:
+                row.append(mask_panel(image, Path(mask_dir) / f"{image_id}.png"))
+            row += [mask_panel(image, Path(d) / f"{image_id}.png") for d in pred_dirs.values()]
+            rows.append(row)
+    finally:
+        if cams is not None:
+            cams.close()
+    viz.save_grid(path, rows, titles, list(ids))
+    return titles
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html_table(headers: list[str], keys: list[str], rows: list[dict], numeric=()) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td class=\"num\">{e(r[k])}</td>" if k in numeric else f"<td>{e(r[k])}</td>"
+                         for k in keys) + "</tr>\n"
+        for r in rows)
+    return f"<table>\n<tr>{head}</tr>\n{body}</table>"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: list[str], keys: list[str], rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_md_cell(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+_RESULT_COLS = (["figure", "split", "mIoU (%)", "ignored GT area (%)", "images", "note"],
+                ["what", "split", "miou", "ignored", "images", "note"])
+_BENCH_COLS = (["rule", "jobs", "total (s)", "longest job (s)"], ["rule", "jobs", "total_s", "max_s"])
+
+
+def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: dict, gap_json,
+                 plots: dict[str, os.PathLike], benchmarks_dir, config: dict) -> dict:
+    """Write the HTML and Markdown report; `plots` maps a caption to a PNG (shown in that order).
+
+    Returns the rows (results, benchmarks) and the config hash, for callers and tests.
+    """
+    from locseg.train import config_hash  # local: imports torch, which nothing else here needs
+
+    html_path, md_path = Path(html_path), Path(md_path)
+    cams, masks, gap = read_json(cams_json), read_json(masks_json), read_json(gap_json)
+    deeplab = {labels: read_json(p) for labels, p in deeplab_jsons.items()}
+    plots = {caption: Path(p) for caption, p in plots.items()}
+    for p in plots.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: plot for the report not found")
+    results = result_rows(cams, masks, deeplab, gap)
+    bench = benchmark_rows(benchmarks_dir)
+    chash = config_hash(config)
+    vers = versions()
+    config_yaml = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
+    meta = {"config hash": chash, "seed": str(config.get("seed", NA)), **vers}
+    title = "locseg report"
+    headline = (f"pseudo masks {pct(masks.get('miou'))} mIoU on {masks.get('split', NA)}; DeepLab on pseudo labels "
+                f"reaches {fmt(gap.get('ratio'), digits=3)} of the GT-trained model on {gap.get('split', NA)}")
+
+    e = html.escape
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{e(title)}</title>\n"
+             f"<style>\n{_CSS}\n</style>\n</head>\n<body>\n<h1>{e(title)}</h1>\n<p>{e(headline)}</p>",
+             "<h2>Numbers</h2>", _html_table(*_RESULT_COLS, results, numeric={"miou", "ignored", "images"}),
+             "<p class=\"muted\">mIoU: mean over classes present in GT or prediction; GT 255 is not scored; "
+             "a predicted 255 is a miss, and the ignored column is the share of GT area predicted as 255.</p>",
+             "<h2>Figures</h2>"]
+    for caption, p in plots.items():
+        parts.append(f"<figure><img src=\"{_data_uri(p)}\" alt=\"{e(caption)}\">"
+                     f"<figcaption>{e(caption)} <span class=\"muted\">({e(p.name)})</span></figcaption></figure>")
+    parts += ["<h2>Run time per rule</h2>",
+              _html_table(*_BENCH_COLS, bench, numeric={"jobs", "total_s", "max_s"}) if bench
+              else "<p class=\"muted\">no benchmark files found</p>",
+              "<h2>Config and versions</h2>",
+              _html_table(["", ""], ["k", "v"], [{"k": k, "v": v} for k, v in meta.items()]),
+              f"<pre>{e(config_yaml)}</pre>", "</body>\n</html>\n"]
+
+    md_dir = md_path.parent
+    md = [f"# {title}", "", headline, "", "## Numbers", "", _md_table(*_RESULT_COLS, results), "", "## Figures", ""]
+    for caption, p in plots.items():
+        rel = Path(os.path.relpath(p.resolve(), md_dir.resolve())).as_posix()
+        md += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
+    md += ["## Run time per rule", "", _md_table(*_BENCH_COLS, bench) if bench else "no benchmark files found", "",
+           "## Config and versions", "", _md_table(["", ""], ["k", "v"], [{"k": k, "v": v} for k, v in meta.items()]),
+           "", "```yaml", config_yaml.rstrip("\n"), "```", ""]
+
+    with atomic_path(html_path) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text("\n".join(md), encoding="utf-8")
+    return {"results": results, "benchmarks": bench, "config_hash": chash, "versions": vers}

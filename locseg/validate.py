@@ -1,0 +1,97 @@
+"""Dataset checks before a long run: every problem of a VOC (and optional COCO) tree, one message each.
+
+A missing or broken file found hours into a run wastes the run; found here, all of them are reported at
+once so one pass over the data fixes everything. Used by `locseg validate-dataset`; returns messages
+rather than raising so a Snakemake rule (or a test) can use it too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from locseg.data.voc import VOC_CLASSES, VocLayout, read_image, read_mask, read_split
+from locseg.fsutil import read_json
+
+
+def validate_voc(layout: VocLayout, splits: list[str] | None = None, num_classes: int = len(VOC_CLASSES),
+                 masks: bool = True) -> tuple[list[str], dict[str, int]]:
+    """(problems, images checked per split). `splits=None` checks every list in the split directory."""
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    root = Path(layout.root)
+    if not root.is_dir():
+        return [f"{root}: dataset root not found"], counts
+    for d in (layout.image_dir, *((layout.mask_dir,) if masks else ())):
+        if not (root / d).is_dir():
+            problems.append(f"{root / d}: directory not found")
+    if splits is None:
+        split_dir = root / layout.split_dir
+        splits = sorted(p.stem for p in split_dir.glob("*.txt")) if split_dir.is_dir() else []
+        if not splits:
+            problems.append(f"{split_dir}: no split lists (<split>.txt) found")
+    for split in splits:
+        split_file = layout.split_file(split)
+        try:
+            ids = read_split(split_file)
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(str(e))
+            continue
+        counts[split] = len(ids)
+        for image_id in ids:
+            problems += [f"{split_file} [{image_id}]: {p}" for p in _check_pair(layout, image_id, num_classes, masks)]
+    return problems, counts
+
+
+def _check_pair(layout: VocLayout, image_id: str, num_classes: int, masks: bool) -> list[str]:
+    """Image decodes fully (a truncated JPEG fails here); the mask is an index PNG of its size and range."""
+    try:
+        hw = read_image(layout.image_path(image_id)).shape[:2]
+    except (FileNotFoundError, ValueError) as e:
+        hw, image_problem = None, [str(e)]
+    else:
+        image_problem = []
+    if not masks:
+        return image_problem
+    try:
+        read_mask(layout.mask_path(image_id), num_classes, hw)
+    except (FileNotFoundError, ValueError) as e:
+        return image_problem + [str(e)]
+    return image_problem
+
+
+def validate_coco(annotations, image_dir) -> tuple[list[str], int]:
+    """(problems, images listed): the JSON parses as a COCO instances file and its images are on disk."""
+    from locseg.data.coco import CocoSplit
+
+    annotations = Path(annotations)
+    try:
+        data = read_json(annotations)
+    except (FileNotFoundError, ValueError) as e:
+        return [str(e)], 0
+    if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
+        return [f"{annotations}: not a COCO instances file (no 'categories' list)"], 0
+    try:
+        names = sorted({str(c["name"]) for c in data["categories"]})
+        # Identity map: every category is a class, so every annotated image is checked.
+        split = CocoSplit(annotations, image_dir, {n: n for n in names}, ["background", *names])
+    except (KeyError, TypeError, ValueError) as e:
+        return [f"{annotations}: not a usable COCO instances file ({e})"], 0
+    problems = []
+    if not Path(image_dir).is_dir():
+        problems.append(f"{image_dir}: COCO image directory not found")
+    return problems + split.check_images(), len(split.ids)
+
+
+def validate_dataset(root, splits: list[str] | None = None, *, num_classes: int = len(VOC_CLASSES),
+                     image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClass",
+                     split_dir: str = "ImageSets/Segmentation", masks: bool = True,
+                     coco_annotations: str | os.PathLike | None = None,
+                     coco_images: str | os.PathLike | None = None) -> list[str]:
+    """Every problem found, as 'file [id]: what' lines; an empty list means the data is usable."""
+    if (coco_annotations is None) != (coco_images is None):
+        raise ValueError("coco_annotations and coco_images go together: give both or neither")
+    problems, _ = validate_voc(VocLayout(Path(root), image_dir, mask_dir, split_dir), splits, num_classes, masks)
+    if coco_annotations is not None:
+        problems += validate_coco(coco_annotations, coco_images)[0]
+    return problems

@@ -1,0 +1,134 @@
+"""The tiny demo DAG through a real (single-node) SLURM with profiles/slurm: same bytes as a local run.
+
+Needs root and apt-get (Debian/Ubuntu) to install and start SLURM, and snakemake-executor-plugin-slurm;
+skips with the reason otherwise. Run alone with: python -m pytest tests/workflow/test_slurm.py -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.workflow.conftest import REPO
+from tests.workflow.slurm import slurm_node  # noqa: F401  (pytest fixture)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+PROFILE = REPO / "profiles" / "slurm"
+# The profile's heavy rules; their cluster-sized memory is scaled down to this machine below.
+HEAVY = ["train_cam", "extract_cams", "train_segmenter", "resegment", "train_deeplab", "evaluate_deeplab"]
+GPU_RULES = set(HEAVY)
+TIMEOUT_S = 600
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
+
+
+class JobWatcher(threading.Thread):
+    """Records `scontrol show job` for every job slurmctld knows, while the run goes on."""
+
+    def __init__(self, interval: float = 2.0):
+        super().__init__(daemon=True)
+        self.interval, self.jobs, self._stop_event = interval, {}, threading.Event()
+
+    def run(self):
+        while not self._stop_event.is_set():
+            self.poll()
+            self._stop_event.wait(self.interval)
+
+    def poll(self):
+        try:
+            out = subprocess.run(["scontrol", "-o", "show", "job"], capture_output=True, text=True,
+                                 timeout=15).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        for line in out.splitlines():
+            fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+            if "JobId" in fields:
+                self.jobs[fields["JobId"]] = fields
+
+    def stop(self):
+        self._stop_event.set()
+        self.join(timeout=30)
+        self.poll()
+
+
+def _cancel(job_ids):
+    if job_ids:
+        subprocess.run(["scancel", *sorted(job_ids)], capture_output=True, timeout=30)
+
+
+def test_tiny_dag_on_slurm_matches_local_run(tiny_run, slurm_node, tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm")
+    # Cluster-sized memory would run one job at a time here: let at least two fit on the node.
+    mem_mb = max(100, min(1000, slurm_node.real_memory_mb // 4))
+    workdir = tmp_path / "slurm_run"
+    workdir.mkdir()
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+           "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "tiny.yaml"),
+           "--profile", str(PROFILE),
+           # local-cluster values only; everything else comes from the profile
+           "--default-resources", f"slurm_partition={slurm_node.partition}", f"mem_mb={mem_mb}", "runtime=30",
+           "--set-resources", *[f"{rule}:mem_mb={mem_mb}" for rule in HEAVY],
+           "--slurm-no-account",                      # no accounting on the test cluster
+           "--slurm-status-command", "squeue",        # no sacct without slurmdbd
+           "--slurm-init-seconds-before-status-checks", "2",
+           "--slurm-keep-successful-logs",
+           "--latency-wait", "5", "--jobs", "4"]
+    watcher = JobWatcher()
+    watcher.start()
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)        # snakemake cancels its SLURM jobs on SIGINT
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        _cancel({slurm_id for _, slurm_id in SUBMITTED.findall(out)})
+        pytest.fail(f"snakemake on SLURM did not finish in {TIMEOUT_S} s:\n{out[-6000:]}")
+    finally:
+        watcher.stop()
+    elapsed = time.monotonic() - start
+    print(f"\n[slurm] tiny DAG through SLURM: {elapsed:.1f} s "
+          f"({len(SUBMITTED.findall(out))} sbatch jobs, mem_mb={mem_mb}, node {slurm_node.hostname}: "
+          f"{slurm_node.cpus} CPUs, {slurm_node.real_memory_mb} MB)")
+    assert proc.returncode == 0, f"snakemake on SLURM failed ({proc.returncode}):\n{out[-6000:]}"
+
+    # Every job except the target rule `all` went through sbatch and ran as a SLURM job.
+    submitted = dict(SUBMITTED.findall(out))
+    steps = re.search(r"(\d+) of (\d+) steps \(100%\) done", out)
+    assert steps, out[-3000:]
+    assert len(submitted) == int(steps.group(2)) - 1 > 10
+    slurm_ids = set(submitted.values())
+    logs = {p.stem for p in (workdir / ".snakemake" / "slurm_logs").rglob("*.log")}
+    assert slurm_ids <= logs, f"no SLURM log for jobs {sorted(slurm_ids - logs)}"
+    seen = {jid: watcher.jobs[jid] for jid in slurm_ids if jid in watcher.jobs}
+    assert seen, "slurmctld never listed the submitted jobs"
+    for jid, job in seen.items():
+        assert job.get("JobState") == "COMPLETED", job
+        assert job.get("Partition") == slurm_node.partition, job
+        rule = job.get("Comment", "").removeprefix("rule_").split("_wildcards_")[0]
+        wants_gpu = "gpu" in job.get("TresPerJob", "") + job.get("TresPerNode", "")
+        assert wants_gpu == (rule in GPU_RULES), f"{rule}: {job.get('TresPerJob')}"
+
+    # Same seed, same CPU: the pseudo labels and their metrics are byte-identical to the local run.
+    rel = "results/eval/masks_train.json"
+    assert (workdir / rel).read_bytes() == (tiny_run / rel).read_bytes()
+    assert json.loads((workdir / rel).read_text())["miou"] == json.loads((tiny_run / rel).read_text())["miou"]
+    local_masks = sorted(p.relative_to(tiny_run) for p in (tiny_run / "results/masks").rglob("*.png"))
+    slurm_masks = sorted(p.relative_to(workdir) for p in (workdir / "results/masks").rglob("*.png"))
+    assert local_masks and slurm_masks == local_masks
+    differ = [str(p) for p in local_masks if (workdir / p).read_bytes() != (tiny_run / p).read_bytes()]
+    assert not differ, f"masks differ from the local run: {differ}"
