@@ -77,7 +77,10 @@ def evaluate_masks(mask_dir, gt_paths: dict[str, Path], image_paths: dict[str, P
             round_cms += [ConfusionMatrix(len(class_names)) for _ in range(len(rounds) - len(round_cms))]
             for r, rcm in zip(rounds, round_cms):
                 rcm.update(gt, assemble_labels(r, classes, bg_score, band))
-    per_round = [{"round": i + 1, "miou": c.scores(class_names)["miou"]} for i, c in enumerate(round_cms)]
+        last_round = probs.attrs["config"].get("reseg", {}).get("rounds", len(round_cms))
+    # Without stored rounds (reseg.keep_rounds: false) the one entry is the last round, not the first.
+    first_round = last_round - len(round_cms) + 1
+    per_round = [{"round": first_round + i, "miou": c.scores(class_names)["miou"]} for i, c in enumerate(round_cms)]
     result = _summary(cm, class_names, split, len(ids), rounds=per_round, bg_score=bg_score, band=band)
     write_json(out_json, result)
     series = {"pseudo masks": {n: v["iou"] for n, v in result["per_class"].items()}}

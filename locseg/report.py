@@ -68,15 +68,17 @@ def pct(value) -> str:
 def result_rows(cams: dict, masks: dict, deeplab: dict[str, dict], gap: dict) -> list[dict]:
     """One row per reported number: what, split, mIoU, ignored fraction, images, a note."""
 
-    def row(what, m, note="", miou=None):
-        return {"what": what, "split": m.get("split", NA), "miou": pct(m.get("miou") if miou is None else miou),
-                "ignored": pct(m.get("ignored_frac")), "images": str(m.get("n_images", NA)), "note": note}
+    def row(what, m, note="", round_=None):
+        # A round's mIoU is scored from its probabilities; its ignored fraction is not recorded.
+        miou, ignored = (m.get("miou"), m.get("ignored_frac")) if round_ is None else (round_["miou"], None)
+        return {"what": what, "split": m.get("split", NA), "miou": pct(miou), "ignored": pct(ignored),
+                "images": str(m.get("n_images", NA)), "note": note}
 
     rows = [row("CAM baseline (best background threshold)", cams,
                 f"threshold {fmt(cams.get('best_threshold'), digits=2)}")]
     for r in masks.get("rounds", []):
         rows.append(row(f"resegmentation round {r['round']}", masks, "assembled from this round's probabilities",
-                        miou=r["miou"]) | {"ignored": NA})
+                        round_=r))
     rows.append(row("pseudo masks (exported)", masks,
                     f"bg_score {fmt(masks.get('bg_score'), digits=2)}, band {fmt(masks.get('band'), digits=2)}"))
     for labels, m in deeplab.items():

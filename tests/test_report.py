@@ -137,6 +137,7 @@ def test_overlay_grid(tmp_path):
     with StoreWriter(tmp_path / "cams.h5", "cam", CLASSES) as w:
         w.write(shown[0], np.full((1, *gt.shape), 0.5), [1])
     titles = overlay_grid(tmp_path / "grid.png", shown, image_paths, gt_paths, CLASSES,
-                          cam_stores=[tmp_path / "cams.h5"], pred_dirs={"pseudo": pred})
-    assert titles == ["image", "ground truth", "CAM (max over classes)", "DeepLab (pseudo labels)"]
+                          cam_stores=[tmp_path / "cams.h5"], mask_dir=pred, pred_dirs={"pseudo": pred})
+    assert titles == ["image", "ground truth", "CAM (max over classes)", "pseudo mask", "DeepLab (pseudo labels)"]
+    assert overlay_grid(tmp_path / "plain.png", shown, image_paths, gt_paths, CLASSES) == ["image", "ground truth"]
     assert (tmp_path / "grid.png").stat().st_size > 0

@@ -106,7 +106,7 @@ def test_second_run_has_nothing_to_do(tiny_run):
 def test_reseg_knob_reruns_only_downstream_stages(tiny_run):
     jobs = planned_jobs(tiny_run, {"reseg": {"rounds": 2}})
     assert jobs == {"resegment": 2, "export_masks": 1, "evaluate_masks": 1, "train_deeplab": 1,
-                    "evaluate_deeplab": 1, "supervision_gap": 1, "export_deeplab_pytorch": 1, "all": 1}
+                    "evaluate_deeplab": 1, "supervision_gap": 1, "export_deeplab_pytorch": 1, "report": 1, "all": 1}
 
 
 def test_background_score_reruns_from_label_assembly(tiny_run):
@@ -117,12 +117,12 @@ def test_background_score_reruns_from_label_assembly(tiny_run):
 
 def test_deeplab_knob_reruns_only_deeplab(tiny_run):
     jobs = planned_jobs(tiny_run, {"deeplab": {"lr": 0.001}})
-    assert jobs == {"train_deeplab": 2, "evaluate_deeplab": 2, "supervision_gap": 1, "all": 1}
+    assert jobs == {"train_deeplab": 2, "evaluate_deeplab": 2, "supervision_gap": 1, "report": 1, "all": 1}
 
 
 def test_cam_scale_reruns_extraction_but_not_training(tiny_run):
     jobs = planned_jobs(tiny_run, {"cam": {"scales": [1.0]}})
-    assert "train_cam" not in jobs
+    assert "train_cam" not in jobs and "train_deeplab" in jobs and jobs["report"] == 1
     assert jobs["extract_cams"] == 4 and jobs["train_segmenter"] == 1 and jobs["resegment"] == 2
 
 
