@@ -112,6 +112,17 @@ def train_cam(
     return summary
 
 
+def cam_from_weights(class_names: list[str], out_path, *, backbone: str, weights: str, output_stride: int = 16,
+                     meta: dict | None = None) -> dict:
+    """A CAM net used as released (e.g. SEAM's resnet38_SEAM.pth): no training, only a checkpoint."""
+    model = CamNet(len(class_names) - 1, backbone, output_stride, weights)
+    summary = {"class_names": list(class_names), "backbone": backbone, "output_stride": output_stride,
+               "epochs": 0, "weights": str(weights), **(meta or {})}
+    save_checkpoint(out_path, model, "cam", summary)
+    log.info("CAM net from %s, not trained", weights)
+    return summary
+
+
 def load_cam_net(path, class_names: list[str], device: torch.device) -> CamNet:
     payload = load_checkpoint(path, "cam", class_names)
     meta = payload["meta"]

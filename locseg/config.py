@@ -57,6 +57,16 @@ def _semantic_problems(config: dict) -> list[str]:
     for key, split in splits.items():
         if split == "coco":
             problems.append(f"dataset.splits.{key}: 'coco' is reserved for the external (COCO-layout) split")
+    cam = config["cam"]
+    if cam["source"] == "weights" and not cam["weights"]:
+        problems.append("cam.weights: cam.source 'weights' needs a weights file")
+    if cam["source"] == "import":
+        if not cam["import_dir"]:
+            problems.append("cam.import_dir: cam.source 'import' needs a directory of .npy CAMs")
+        elif not Path(cam["import_dir"]).is_dir():
+            problems.append(f"cam.import_dir: path {cam['import_dir']} does not exist")
+        if not cam["allow_pickle"]:
+            problems.append("cam.allow_pickle: IRN/SEAM .npy CAMs are pickles; set it to true for files you trust")
     if config["demo"]["enabled"]:
         problems += _demo_problems(config)
     else:

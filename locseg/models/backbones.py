@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models._utils import IntermediateLayerGetter
 
+from locseg.models.resnet38 import ResNet38
 from locseg.train import load_weights_file
 
 RESNETS = {"resnet18": resnet.resnet18, "resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
@@ -87,10 +88,14 @@ def build_backbone(name: str, in_channels: int = 3, output_stride: int = 16, wei
     """
     if name == "small":
         model = SmallBackbone(in_channels)
+    elif name == "resnet38_seam":
+        if weights:
+            raise ValueError("resnet38_seam weights are SEAM checkpoints: load them through CamNet")
+        return ResNet38(in_channels)
     elif name in RESNETS:
         model = ResNetBackbone(name, in_channels, output_stride)
     else:
-        raise ValueError(f"unknown backbone {name!r}; choose small, {', '.join(RESNETS)}")
+        raise ValueError(f"unknown backbone {name!r}; choose small, resnet38_seam, {', '.join(RESNETS)}")
     if weights:
         _load_rgb_weights(model, load_weights_file(weights, f"{name} backbone"), weights)
     return model

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locseg.models.backbones import build_backbone
+from locseg.models.resnet38 import load_seam_weights
 
 
 class CamNet(nn.Module):
@@ -18,8 +19,13 @@ class CamNet(nn.Module):
 
     def __init__(self, num_foreground: int, backbone: str = "small", output_stride: int = 16, weights=None):
         super().__init__()
-        self.backbone = build_backbone(backbone, 3, output_stride, weights)
+        seam = backbone == "resnet38_seam"
+        self.backbone = build_backbone(backbone, 3, output_stride, None if seam else weights)
         self.classifier = nn.Conv2d(self.backbone.out_channels, num_foreground, 1, bias=False)
+        if seam and weights:
+            # A SEAM checkpoint holds the trunk and the classifier: CAMs come out without any training.
+            head = load_seam_weights(self.backbone, weights, num_foreground)
+            self.classifier.weight.data.copy_(head["classifier.weight"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)["out"]

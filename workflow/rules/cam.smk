@@ -12,6 +12,7 @@ rule train_cam:
         train=pick("cam", "backbone", "weights", "output_stride", "crop", "scale_range", "batch_size",
                    "epochs", "optimizer", "lr", "weight_decay"),
         split=SPLITS["cam"],
+        source=config["cam"]["source"],
         seed=config["seed"],
     threads: 2
     resources:
@@ -26,22 +27,31 @@ rule train_cam:
         "../scripts/train_cam.py"
 
 
+def imports_cams(split):
+    """With cam.source 'import' the VOC splits' CAMs come from .npy files; the external split is still
+    extracted by the CAM net (it gives the segmenter's cues)."""
+    return config["cam"]["source"] == "import" and split != EXTERNAL
+
+
 def cam_split_inputs(wc):
     """A VOC split needs its image labels; the external split reads its classes from COCO JSON."""
+    if imports_cams(wc.split):
+        return {"split": split_file(wc.split)}
+    inputs = {"model": rules.train_cam.output.model}
     if wc.split == EXTERNAL:
-        return {"coco": config["coco"]["annotations"]}
-    return {"labels": rules.image_labels.output.json.format(split=wc.split)}
+        return {**inputs, "coco": config["coco"]["annotations"]}
+    return {**inputs, "labels": rules.image_labels.output.json.format(split=wc.split)}
 
 
 rule extract_cams:
     """Multi-scale (+ flip) CAMs of each image's present classes, one shard of one split."""
     input:
         unpack(cam_split_inputs),
-        model=rules.train_cam.output.model,
     output:
         store=f"{RESULTS}/cams/{{split}}/{{shard}}.h5",
     params:
         infer=pick("cam", "scales", "flip"),
+        imported=lambda wc: imports_cams(wc.split),
         shards=config["shards"],
     threads: 1
     resources:

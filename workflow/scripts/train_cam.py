@@ -1,21 +1,26 @@
-"""Rule train_cam: the multi-label CAM classifier."""
+"""Rule train_cam: the multi-label CAM classifier (trained, or taken as released from a weights file)."""
 
-from locseg.cam import train_cam
+from locseg.cam import cam_from_weights, train_cam
 from locseg.logs import log_to
 from locseg.sources import image_labels, image_paths
 from locseg.train import config_hash, set_threads
 
 with log_to(snakemake.log[0]):
     set_threads(snakemake.threads)
-    cfg, split = snakemake.config, snakemake.params.split
-    train_cam(
-        image_paths(cfg, split),
-        image_labels(cfg, split, snakemake.input.labels),
-        cfg["classes"],
-        snakemake.output.model,
-        **snakemake.params.train,
-        seed=snakemake.params.seed,
-        device=cfg["device"],
-        num_workers=cfg["num_workers"],
-        meta={"split": split, "config_hash": config_hash(snakemake.params.train)},
-    )
+    cfg, split, params = snakemake.config, snakemake.params.split, snakemake.params.train
+    meta = {"split": split, "config_hash": config_hash(params)}
+    if snakemake.params.source == "weights":
+        cam_from_weights(cfg["classes"], snakemake.output.model, backbone=params["backbone"],
+                         weights=params["weights"], output_stride=params["output_stride"], meta=meta)
+    else:
+        train_cam(
+            image_paths(cfg, split),
+            image_labels(cfg, split, snakemake.input.labels),
+            cfg["classes"],
+            snakemake.output.model,
+            **params,
+            seed=snakemake.params.seed,
+            device=cfg["device"],
+            num_workers=cfg["num_workers"],
+            meta=meta,
+        )
