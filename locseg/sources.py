@@ -10,9 +10,20 @@ from pathlib import Path
 
 from locseg.data.coco import CocoSplit
 from locseg.data.labels import read_labels
-from locseg.data.voc import VocLayout
+from locseg.data.voc import VocLayout, read_split
 
 EXTERNAL = "coco"
+# The first stage (validate_dataset) writes the ids that passed its checks here; every later stage reads
+# its splits from these lists, never from the raw ones, so a skipped image is skipped everywhere.
+VALIDATED_DIR = Path("results") / "splits"
+
+
+def validated_split_file(split: str) -> Path:
+    return VALIDATED_DIR / f"{split}.txt"
+
+
+def split_ids(split: str) -> list[str]:
+    return read_split(validated_split_file(split))
 
 
 def voc_layout(config: dict) -> VocLayout:
@@ -20,9 +31,12 @@ def voc_layout(config: dict) -> VocLayout:
     return VocLayout(Path(ds["root"]), ds["image_dir"], ds["mask_dir"], ds["split_dir"])
 
 
-def coco_split(config: dict) -> CocoSplit:
+def coco_split(config: dict, validated: bool = True) -> CocoSplit:
     coco = config["coco"]
-    return CocoSplit(coco["annotations"], coco["image_dir"], coco["category_map"], config["classes"])
+    split = CocoSplit(coco["annotations"], coco["image_dir"], coco["category_map"], config["classes"])
+    if validated:
+        split.ids = split_ids(EXTERNAL)
+    return split
 
 
 def image_paths(config: dict, split: str) -> dict[str, Path]:
@@ -30,12 +44,12 @@ def image_paths(config: dict, split: str) -> dict[str, Path]:
         coco = coco_split(config)
         return {i: coco.image_path(i) for i in coco.ids}
     layout = voc_layout(config)
-    return {i: layout.image_path(i) for i in layout.ids(split)}
+    return {i: layout.image_path(i) for i in split_ids(split)}
 
 
 def gt_paths(config: dict, split: str) -> dict[str, Path]:
     layout = voc_layout(config)
-    return {i: layout.mask_path(i) for i in layout.ids(split)}
+    return {i: layout.mask_path(i) for i in split_ids(split)}
 
 
 def image_labels(config: dict, split: str, labels_json=None) -> dict[str, list[int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from locseg.data.voc import VOC_CLASSES, VocLayout, read_image, read_mask, read_split
+from locseg.data.voc import VOC_CLASSES, VocLayout, image_size, read_image, read_mask, read_split
 from locseg.fsutil import read_json
 
 
@@ -95,3 +95,46 @@ def validate_dataset(root, splits: list[str] | None = None, *, num_classes: int 
     if coco_annotations is not None:
         problems += validate_coco(coco_annotations, coco_images)[0]
     return problems
+
+
+def gate_splits(layout: VocLayout, splits: list[str], num_classes: int, coco=None,
+                on_bad_image: str = "fail") -> tuple[dict[str, list[str]], dict]:
+    """The DAG's first step: check every image (and GT mask) of the configured splits once.
+
+    Returns (ids that passed per split, report). With on_bad_image 'fail' any problem raises, listing all
+    of them; with 'skip' bad ids are left out of the lists and named in the report. A split left empty
+    always raises. `coco` (a CocoSplit) adds the external split under the name 'coco'.
+    """
+    if on_bad_image not in ("fail", "skip"):
+        raise ValueError(f"on_bad_image must be 'fail' or 'skip', got {on_bad_image!r}")
+    kept, skipped, problems = {}, {}, []
+    for split in splits:
+        split_file = layout.split_file(split)
+        kept[split], skipped[split] = [], []
+        for image_id in read_split(split_file):
+            found = _check_pair(layout, image_id, num_classes, masks=True)
+            problems += [f"{split_file} [{image_id}]: {p}" for p in found]
+            (skipped if found else kept)[split].append(image_id)
+    if coco is not None:
+        kept["coco"], skipped["coco"] = [], []
+        for image_id in coco.ids:
+            found = _check_external(coco, image_id)
+            problems += [f"{coco.annotation_file} [{image_id}]: {p}" for p in found]
+            (skipped if found else kept)["coco"].append(image_id)
+    if problems and on_bad_image == "fail":
+        raise ValueError(f"{len(problems)} dataset problem(s) (set on_bad_image: skip to leave such images "
+                         "out):\n" + "\n".join(problems))
+    empty = [s for s, ids in kept.items() if not ids]
+    if empty:
+        raise ValueError(f"no usable image left in split(s) {empty}:\n" + "\n".join(problems))
+    return kept, {"problems": problems, "skipped": skipped, "kept": {s: len(v) for s, v in kept.items()}}
+
+
+def _check_external(coco, image_id: str) -> list[str]:
+    """Header only (COCO has 118k images): the file opens and has the size its annotations assume."""
+    try:
+        hw = image_size(coco.image_path(image_id))
+    except (FileNotFoundError, ValueError) as e:
+        return [str(e)]
+    return [] if hw == coco.size(image_id) else [f"image is {hw[0]}x{hw[1]}, annotations say "
+                                                  f"{coco.size(image_id)[0]}x{coco.size(image_id)[1]}"]

@@ -39,7 +39,7 @@ def cam_split_inputs(wc):
         return {"split": split_file(wc.split)}
     inputs = {"model": rules.train_cam.output.model}
     if wc.split == EXTERNAL:
-        return {**inputs, "coco": config["coco"]["annotations"]}
+        return {**inputs, "coco": config["coco"]["annotations"], "split": split_file(EXTERNAL)}
     return {**inputs, "labels": rules.image_labels.output.json.format(split=wc.split)}
 
 

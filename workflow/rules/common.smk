@@ -4,7 +4,7 @@ from pathlib import Path
 
 from locseg.config import ConfigError, validate_config
 from locseg.shards import shard_names
-from locseg.sources import EXTERNAL
+from locseg.sources import EXTERNAL, validated_split_file
 
 
 try:
@@ -25,8 +25,14 @@ wildcard_constraints:
     labels=r"pseudo|gt",
 
 
-def split_file(split):
+def raw_split_file(split):
+    """A split list as the dataset ships it; only validate_dataset (and demo_data) touch these."""
     return f"{DATASET['root']}/{DATASET['split_dir']}/{split}.txt"
+
+
+def split_file(split):
+    """The ids of a split that passed validate_dataset: what every other stage reads."""
+    return str(validated_split_file(split))
 
 
 def pick(section, *keys):

@@ -8,8 +8,8 @@ if config["demo"]["enabled"]:
     rule demo_data:
         """Synthetic VOC- and COCO-layout data, byte-identical for one seed."""
         output:
-            train=split_file("train"),
-            val=split_file("val"),
+            train=raw_split_file("train"),
+            val=raw_split_file("val"),
             coco=config["coco"]["annotations"],
         params:
             out=config["demo"]["out"],
@@ -22,6 +22,30 @@ if config["demo"]["enabled"]:
             bench_path("demo_data")
         script:
             "../scripts/demo_data.py"
+
+
+VOC_SPLITS = sorted(set(SPLITS.values()))
+
+
+rule validate_dataset:
+    """First step: every image and GT mask of the configured splits (and the COCO images) checked once.
+    on_bad_image: fail stops here listing every problem; skip leaves bad images out of every stage."""
+    input:
+        splits=[raw_split_file(s) for s in VOC_SPLITS],
+        coco=config["coco"]["annotations"],
+    output:
+        splits=[split_file(s) for s in [*VOC_SPLITS, EXTERNAL]],
+        report=f"{RESULTS}/validate/report.json",
+    params:
+        on_bad_image=config["on_bad_image"],
+        classes=config["classes"],
+        category_map=config["coco"]["category_map"],
+    log:
+        log_path("validate_dataset"),
+    benchmark:
+        bench_path("validate_dataset")
+    script:
+        "../scripts/validate_dataset.py"
 
 
 rule image_labels:

@@ -5,6 +5,7 @@ rule train_segmenter:
     """Class-agnostic: (image, one class's cue) -> that object's mask, learned from COCO-layout masks."""
     input:
         coco=config["coco"]["annotations"],
+        split=split_file(EXTERNAL),
         cams=cam_shards(EXTERNAL) if config["segmenter"]["cue"] == "cam" else [],
         weights=weights_input("segmenter"),
     output:
