@@ -220,7 +220,7 @@ def cmd_validate_dataset(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="locseg", description=__doc__.splitlines()[0].strip("`"))
+    p = argparse.ArgumentParser(prog="locseg", description=__doc__.splitlines()[0].replace("`", ""))
     p.add_argument("--version", action="version", version=f"locseg {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
