@@ -212,8 +212,21 @@ _RESULT_COLS = (["figure", "split", "mIoU (%)", "ignored GT area (%)", "images",
 _BENCH_COLS = (["rule", "jobs", "total (s)", "longest job (s)"], ["rule", "jobs", "total_s", "max_s"])
 
 
+def _validation_lines(validation_json) -> list[str]:
+    """What validate_dataset kept and left out (on_bad_image: skip), so a smaller split is never a surprise."""
+    if validation_json is None:
+        return ["not run"]
+    report = read_json(validation_json)
+    lines = [f"{split}: {n} images used" for split, n in report.get("kept", {}).items()]
+    for split, ids in report.get("skipped", {}).items():
+        if ids:
+            lines.append(f"{split}: {len(ids)} skipped: {', '.join(ids)}")
+    lines += [f"problem: {p}" for p in report.get("problems", [])]
+    return lines
+
+
 def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: dict, gap_json,
-                 plots: dict[str, os.PathLike], benchmarks_dir, config: dict) -> dict:
+                 plots: dict[str, os.PathLike], benchmarks_dir, config: dict, validation_json=None) -> dict:
     """Write the HTML and Markdown report; `plots` maps a caption to a PNG (shown in that order).
 
     Returns the rows (results, benchmarks) and the config hash, for callers and tests.
@@ -228,6 +241,7 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
         if not p.is_file():
             raise FileNotFoundError(f"{p}: plot for the report not found")
     results = result_rows(cams, masks, deeplab, gap)
+    checks = _validation_lines(validation_json)
     bench = benchmark_rows(benchmarks_dir)
     chash = config_hash(config)
     vers = versions()
@@ -243,6 +257,7 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
              "<h2>Numbers</h2>", _html_table(*_RESULT_COLS, results, numeric={"miou", "ignored", "images"}),
              "<p class=\"muted\">mIoU: mean over classes present in GT or prediction; GT 255 is not scored; "
              "a predicted 255 is a miss, and the ignored column is the share of GT area predicted as 255.</p>",
+             "<h2>Dataset checks</h2>", "<ul>" + "".join(f"<li>{e(x)}</li>" for x in checks) + "</ul>",
              "<h2>Figures</h2>"]
     for caption, p in plots.items():
         parts.append(f"<figure><img src=\"{_data_uri(p)}\" alt=\"{e(caption)}\">"
@@ -255,7 +270,8 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
               f"<pre>{e(config_yaml)}</pre>", "</body>\n</html>\n"]
 
     md_dir = md_path.parent
-    md = [f"# {title}", "", headline, "", "## Numbers", "", _md_table(*_RESULT_COLS, results), "", "## Figures", ""]
+    md = [f"# {title}", "", headline, "", "## Numbers", "", _md_table(*_RESULT_COLS, results), "",
+          "## Dataset checks", "", *[f"- {x}" for x in checks], "", "## Figures", ""]
     for caption, p in plots.items():
         rel = Path(os.path.relpath(p.resolve(), md_dir.resolve())).as_posix()
         md += [f"**{caption}**", "", f"![{caption}]({rel})", ""]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -141,3 +142,18 @@ def test_overlay_grid(tmp_path):
     assert titles == ["image", "ground truth", "CAM (max over classes)", "pseudo mask", "DeepLab (pseudo labels)"]
     assert overlay_grid(tmp_path / "plain.png", shown, image_paths, gt_paths, CLASSES) == ["image", "ground truth"]
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_skipped_images_are_listed(run_dir):
+    p = run_dir["paths"]
+    validation = run_dir["res"] / "validate.json"
+    validation.write_text(json.dumps({"kept": {"train": 10}, "skipped": {"train": ["img_7", "img_9"], "coco": []},
+                                      "problems": ["train.txt [img_7]: x.jpg: file not found"]}))
+    write_report(run_dir["res"] / "report.html", run_dir["res"] / "report.md", cams_json=p["cams"],
+                 masks_json=p["masks"], deeplab_jsons={"pseudo": p["pseudo"], "gt": p["gt"]},
+                 gap_json=p["gap"], plots=run_dir["plots"], benchmarks_dir=run_dir["bench"],
+                 config=run_dir["config"], validation_json=validation)
+    for name in ("report.html", "report.md"):
+        text = (run_dir["res"] / name).read_text()
+        assert "train: 2 skipped: img_7, img_9" in text and "train: 10 images used" in text
+        assert "x.jpg: file not found" in text and "coco: 0 skipped" not in text

@@ -26,6 +26,7 @@ rule report:
         pred_gt=rules.evaluate_deeplab.output.predictions.format(labels="gt", split=SPLITS["val"]),
         gap=rules.supervision_gap.output.json.format(split=SPLITS["val"]),
         split=split_file(SPLITS["val"]),
+        validation=rules.validate_dataset.output.report,
     output:
         html=report(f"{RESULTS}/report.html", caption="../report/report.rst", category="Report"),
         md=f"{RESULTS}/report.md",
