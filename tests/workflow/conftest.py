@@ -19,8 +19,9 @@ def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: b
         extra = workdir / f"override_{abs(hash(repr(overrides)))}.yaml"
         extra.write_text(yaml.safe_dump(overrides))
         configs.append(str(extra))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
-           "--configfile", *configs, *args]
+    # --configfile takes every following word: targets and flags must come before it.
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2", *args,
+           "--configfile", *configs]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -107,8 +107,9 @@ def _sbin(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
 
 
-def render_config(host: str, hw: dict[str, int], gpus: int = 1) -> tuple[str, str]:
-    """slurm.conf and gres.conf text: one node, one default partition, no accounting, no cgroups."""
+def render_config(host: str, hw: dict[str, int]) -> tuple[str, str]:
+    """slurm.conf and gres.conf text: one node with one fake GPU, one default partition, no accounting,
+    no cgroups."""
     memory = int(hw["RealMemory"] * MEMORY_SHARE)
     slurm_conf = f"""{MARKER}
 ClusterName=locsegtest
@@ -142,11 +143,12 @@ SlurmctldLogFile={LOG_DIR}/slurmctld.log
 SlurmdLogFile={LOG_DIR}/slurmd.log
 NodeName={host} NodeAddr=127.0.0.1 CPUs={hw['CPUs']} Boards={hw['Boards']} \
 SocketsPerBoard={hw['SocketsPerBoard']} CoresPerSocket={hw['CoresPerSocket']} \
-ThreadsPerCore={hw['ThreadsPerCore']} RealMemory={memory} Gres=gpu:{gpus} State=UNKNOWN
+ThreadsPerCore={hw['ThreadsPerCore']} RealMemory={memory} Gres=gpu:1 State=UNKNOWN
 PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
-    # Without File= the node is marked INVAL; /dev/null stands in for the device.
-    gres_conf = f"{MARKER}\nNodeName={host} Name=gpu Count={gpus} File=/dev/null\n"
+    # Without File= the node is marked INVAL; /dev/null stands in for the device (a job gets
+    # CUDA_VISIBLE_DEVICES=0). A plain file does not work as a device, so there is one fake GPU.
+    gres_conf = f"{MARKER}\nNodeName={host} Name=gpu Count=1 File=/dev/null\n"
     return slurm_conf, gres_conf
 
 
@@ -201,7 +203,11 @@ def _munge_works() -> bool:
 
 
 def _node_state(host: str) -> str:
-    proc = subprocess.run(["sinfo", "-h", "-n", host, "-o", "%T"], capture_output=True, text=True, timeout=15)
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-n", host, "-o", "%T"], capture_output=True, text=True,
+                              timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
@@ -212,16 +218,23 @@ def _log_tail(path: Path, n: int = 15) -> str:
         return "(no log)"
 
 
+def preflight() -> str | None:
+    """Why this machine cannot host the test cluster, from cheap checks only (None: worth trying)."""
+    if os.geteuid() != 0:
+        return "needs root to install and start SLURM daemons"
+    if shutil.which("apt-get") is None and _missing_binaries():
+        return "no apt-get to install SLURM (Debian/Ubuntu only)"
+    return None
+
+
 @contextmanager
 def single_node_slurm(start_timeout: float = 60) -> Iterator[SlurmNode]:
     """Install (if needed), configure and start a one-node SLURM; stop what was started on exit.
 
     Raises SlurmUnavailable (before yielding) when that is not possible here.
     """
-    if os.geteuid() != 0:
-        raise SlurmUnavailable("needs root to install and start SLURM daemons")
-    if shutil.which("apt-get") is None and _missing_binaries():
-        raise SlurmUnavailable("no apt-get to install SLURM (Debian/Ubuntu only)")
+    if reason := preflight():
+        raise SlurmUnavailable(reason)
     install()
 
     host = _hostname()
@@ -276,8 +289,7 @@ def single_node_slurm(start_timeout: float = 60) -> Iterator[SlurmNode]:
             state = _node_state(host)
             if state and not state.startswith(("idle", "mixed", "allocated")):
                 # down/drained after an earlier run, or unknown while registering
-                subprocess.run(["scontrol", "update", f"nodename={host}", "state=resume"],
-                               capture_output=True, timeout=15)
+                _run(["scontrol", "update", f"nodename={host}", "state=resume"], timeout=15, check=False)
             return state.startswith("idle")
         try:
             _wait_for(f"node {host} idle in sinfo", idle, start_timeout, interval=1)
@@ -293,9 +305,9 @@ def single_node_slurm(start_timeout: float = 60) -> Iterator[SlurmNode]:
             _stop(pid, comm)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm_node() -> Iterator[SlurmNode]:
-    """A running single-node SLURM for the session, or a skip saying why there cannot be one."""
+    """A running single-node SLURM for the test module, or a skip saying why there cannot be one."""
     cm = single_node_slurm()
     try:
         node = cm.__enter__()

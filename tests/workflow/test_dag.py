@@ -106,13 +106,14 @@ def test_second_run_has_nothing_to_do(tiny_run):
 def test_reseg_knob_reruns_only_downstream_stages(tiny_run):
     jobs = planned_jobs(tiny_run, {"reseg": {"rounds": 2}})
     assert jobs == {"resegment": 2, "export_masks": 1, "evaluate_masks": 1, "train_deeplab": 1,
-                    "evaluate_deeplab": 1, "supervision_gap": 1, "export_deeplab_pytorch": 1, "report": 1, "all": 1}
+                    "evaluate_deeplab": 1, "supervision_gap": 1, "export_deeplab_pytorch": 1, "report": 1,
+                    "all": 1}
 
 
 def test_background_score_reruns_from_label_assembly(tiny_run):
     jobs = planned_jobs(tiny_run, {"reseg": {"bg_score": 0.4}})
     assert jobs == {"export_masks": 1, "evaluate_masks": 1, "train_deeplab": 1, "evaluate_deeplab": 1,
-                    "supervision_gap": 1, "export_deeplab_pytorch": 1, "all": 1}
+                    "supervision_gap": 1, "export_deeplab_pytorch": 1, "report": 1, "all": 1}
 
 
 def test_deeplab_knob_reruns_only_deeplab(tiny_run):

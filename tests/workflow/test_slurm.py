@@ -14,14 +14,16 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.workflow.conftest import REPO
-from tests.workflow.slurm import slurm_node  # noqa: F401  (pytest fixture)
+from tests.workflow.slurm import preflight, slurm_node  # noqa: F401  (pytest fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm")
+if _reason := preflight():  # before the session's local tiny run is built for nothing
+    pytest.skip(f"no single-node SLURM: {_reason}", allow_module_level=True)
 
 PROFILE = REPO / "profiles" / "slurm"
 # The profile's heavy rules; their cluster-sized memory is scaled down to this machine below.
@@ -65,8 +67,7 @@ def _cancel(job_ids):
         subprocess.run(["scancel", *sorted(job_ids)], capture_output=True, timeout=30)
 
 
-def test_tiny_dag_on_slurm_matches_local_run(tiny_run, slurm_node, tmp_path):
-    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm")
+def test_tiny_dag_on_slurm_matches_local_run(slurm_node, tiny_run, tmp_path):
     # Cluster-sized memory would run one job at a time here: let at least two fit on the node.
     mem_mb = max(100, min(1000, slurm_node.real_memory_mb // 4))
     workdir = tmp_path / "slurm_run"
@@ -114,14 +115,19 @@ def test_tiny_dag_on_slurm_matches_local_run(tiny_run, slurm_node, tmp_path):
     slurm_ids = set(submitted.values())
     logs = {p.stem for p in (workdir / ".snakemake" / "slurm_logs").rglob("*.log")}
     assert slurm_ids <= logs, f"no SLURM log for jobs {sorted(slurm_ids - logs)}"
-    seen = {jid: watcher.jobs[jid] for jid in slurm_ids if jid in watcher.jobs}
-    assert seen, "slurmctld never listed the submitted jobs"
-    for jid, job in seen.items():
+    unseen = slurm_ids - set(watcher.jobs)
+    assert not unseen, f"slurmctld never listed jobs {sorted(unseen)}"
+    gpu_jobs = 0
+    for jid in slurm_ids:
+        job = watcher.jobs[jid]
         assert job.get("JobState") == "COMPLETED", job
         assert job.get("Partition") == slurm_node.partition, job
         rule = job.get("Comment", "").removeprefix("rule_").split("_wildcards_")[0]
         wants_gpu = "gpu" in job.get("TresPerJob", "") + job.get("TresPerNode", "")
         assert wants_gpu == (rule in GPU_RULES), f"{rule}: {job.get('TresPerJob')}"
+        gpu_jobs += wants_gpu
+    print(f"[slurm] {len(slurm_ids)} SLURM jobs completed, {gpu_jobs} of them with --gpus=1 "
+          f"(one fake GPU: those run one at a time)")
 
     # Same seed, same CPU: the pseudo labels and their metrics are byte-identical to the local run.
     rel = "results/eval/masks_train.json"
