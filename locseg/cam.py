@@ -8,18 +8,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from locseg.batching import BackgroundWriter, buckets, maybe_compile, prefetch, to_input
 from locseg.data.transforms import joint_augment, normalize
 from locseg.data.voc import read_image
 from locseg.models.cam import CamNet
 from locseg.store import StoreWriter, file_sha256
 from locseg.train import (
     autocast,
+    fit,
     load_checkpoint,
-    make_optimizer,
     pick_device,
-    poly_lr,
     prepare_model,
     progress,
     save_checkpoint,
@@ -52,6 +52,11 @@ class ClassificationSet(Dataset):
         return image, target
 
 
+def _bce(model: CamNet, batch) -> torch.Tensor:
+    images, targets = batch
+    return F.binary_cross_entropy_with_logits(model(images).float(), targets)
+
+
 def train_cam(
     image_paths: dict[str, Path],
     labels: dict[str, list[int]],
@@ -77,35 +82,9 @@ def train_cam(
     gen = seed_everything(seed)
     dev = pick_device(device)
     data = ClassificationSet(image_paths, labels, len(class_names), crop, scale_range, seed)
-    if len(data) < 2:
-        raise ValueError(f"CAM training needs at least 2 images with a foreground label, found {len(data)}")
-    loader = DataLoader(data, batch_size=min(batch_size, len(data)), shuffle=True, drop_last=True,
-                        num_workers=num_workers, generator=gen)
     model = prepare_model(CamNet(len(class_names) - 1, backbone, output_stride, weights), dev)
-    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
-    total, step, losses = epochs * len(loader), 0, []
-    log.info("CAM training: %d images, %d steps on %s", len(data), total, dev)
-    bar = progress(total=total, desc="train_cam")
-    for epoch in range(epochs):
-        data.epoch = epoch
-        model.train()
-        running = 0.0
-        for images, targets in loader:
-            for group in opt.param_groups:
-                group["lr"] = poly_lr(lr, step, total)
-            images, targets = images.to(dev), targets.to(dev)
-            with autocast(dev):
-                loss = F.binary_cross_entropy_with_logits(model(images).float(), targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += loss.item()
-            step += 1
-            bar.update()
-        losses.append(running / len(loader))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
-    bar.close()
+    losses = fit(model, data, _bce, device=dev, generator=gen, desc="train_cam", batch_size=batch_size,
+                 epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay, num_workers=num_workers)
     summary = {"class_names": list(class_names), "backbone": backbone, "output_stride": output_stride,
                "epochs": epochs, "images": len(data), "loss_per_epoch": losses, "seed": seed, **(meta or {})}
     save_checkpoint(out_path, model, "cam", summary)
@@ -136,12 +115,26 @@ def infer_cams(model: CamNet, image: np.ndarray, classes: list[int], scales, fli
                device: torch.device) -> np.ndarray:
     """CAMs of `classes` (project indices, 1..K-1) at image size, summed over scales (and the flipped
     view), then max-normalised per class to [0,1] as IRN does. Returns float32 [k,H,W]."""
-    h, w = image.shape[:2]
-    if not classes:
-        return np.zeros((0, h, w), np.float32)
-    x = normalize(image).unsqueeze(0).to(device)
-    idx = torch.as_tensor([c - 1 for c in classes], device=device)
-    total = torch.zeros(len(classes), h, w, device=device)
+    return infer_cams_batch(model.cams, [image], [classes], scales, flip, device)[0]
+
+
+@torch.no_grad()
+def infer_cams_batch(cams_fn, images, classes: list[list[int]], scales, flip: bool,
+                     device: torch.device) -> list[np.ndarray]:
+    """`infer_cams` for several same-size images at once: per scale, one forward pass over every image and
+    its flipped view ([2B, 3, h, w]); each image's own classes are picked from the raw CAMs, and all picked
+    maps are upsampled in one call. `cams_fn` is `CamNet.cams` (or its torch.compile). Images without a
+    class skip the model. With one image this is exactly the per-image computation.
+    Returns one float32 [k_i, H, W] array per image."""
+    h, w = np.asarray(images[0]).shape[:2]
+    ks = [len(c) for c in classes]
+    active = [i for i, k in enumerate(ks) if k]
+    if not active:
+        return [np.zeros((0, h, w), np.float32) for _ in images]
+    x = to_input([images[i] for i in active], device)
+    b = len(active)
+    idx = [torch.as_tensor([c - 1 for c in classes[i]], device=device) for i in active]
+    total = torch.zeros(sum(ks), h, w, device=device)
     for s in scales:
         xs = x if s == 1.0 else F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
                                               mode="bilinear", align_corners=False)
@@ -150,13 +143,37 @@ def infer_cams(model: CamNet, image: np.ndarray, classes: list[int], scales, fli
         if device.type == "cuda":
             xs = xs.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            cams = model.cams(xs)[:, idx].float()
+            raw = cams_fn(xs)
+        if b == 1:
+            cams = raw[:, idx[0]].float()  # [views, k, h', w']
+        else:  # image j's views are rows j (and b + j): pick its classes, stack all maps along dim 1
+            views = [[j, b + j] if flip else [j] for j in range(b)]
+            cams = torch.cat([raw[v][:, i] for v, i in zip(views, idx)], 1).float()
         cams = F.interpolate(cams, size=(h, w), mode="bilinear", align_corners=False)
         if flip:
             cams = cams[:1] + cams[1:].flip(-1)
         total += cams[0]
     peak = total.flatten(1).max(1).values.view(-1, 1, 1)
-    return (total / (peak + 1e-5)).cpu().numpy()
+    maps = (total / (peak + 1e-5)).cpu().numpy()
+    out, start = [], 0
+    for k in ks:
+        out.append(maps[start:start + k] if k else np.zeros((0, h, w), np.float32))
+        start += k
+    return out
+
+
+class _CamImages(Dataset):
+    """(image id, decoded uint8 image, classes) in shard order; decoded in DataLoader workers."""
+
+    def __init__(self, ids: list[str], image_paths: dict[str, Path], classes: list[list[int]]):
+        self.ids, self.image_paths, self.classes = ids, image_paths, classes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        return image_id, torch.from_numpy(read_image(self.image_paths[image_id])), self.classes[index]
 
 
 def extract_cams(
@@ -171,14 +188,33 @@ def extract_cams(
     flip: bool = False,
     device: str = "auto",
     config: dict | None = None,
+    batch_size: int = 1,
+    workers: int = 0,
+    compile: bool = False,
 ) -> None:
-    """One store file with the CAMs of `ids` (one shard), only for each image's present classes."""
+    """One store file with the CAMs of `ids` (one shard), only for each image's present classes.
+
+    batch_size / workers / compile (config `inference`) change speed, never which maps are written:
+    consecutive same-size images share a forward pass, `workers` processes decode images ahead of the
+    model, and a thread compresses and writes the store beside it (see locseg/batching.py).
+    """
     dev = pick_device(device)
+    missing = [i for i in ids if i not in labels]
+    if missing:
+        raise KeyError(f"no image labels for {len(missing)} image(s) of {Path(out_path).name}, e.g. {missing[:3]}")
     model = load_cam_net(checkpoint, class_names, dev)
+    log.info("extract_cams: %d images on %s, batch_size %d, workers %d", len(ids), dev, batch_size, workers)
+    cams_fn = maybe_compile(model.cams, dev, compile)
+    data = _CamImages(list(ids), image_paths, [list(labels[i]) for i in ids])
+    items = prefetch(data, workers, pin_memory=dev.type == "cuda")  # forks before the writer thread exists
+    bar = progress(total=len(ids), desc=f"extract_cams {Path(out_path).name}")
     with StoreWriter(out_path, "cam", class_names, scales=list(scales), model_sha256=file_sha256(checkpoint),
-                     config=config) as store:
-        for image_id in progress(ids, desc=f"extract_cams {Path(out_path).name}"):
-            classes = labels[image_id]
-            maps = infer_cams(model, read_image(image_paths[image_id]), classes, scales, flip, dev)
-            store.write(image_id, maps, classes)
+                     config=config) as store, BackgroundWriter(store, max_pending=max(2, batch_size)) as writer:
+        for bucket in buckets(items, batch_size, key=lambda item: tuple(item[1].shape[:2])):
+            maps = infer_cams_batch(cams_fn, [im for _, im, _ in bucket], [c for _, _, c in bucket],
+                                    scales, flip, dev)
+            for (image_id, _, classes), m in zip(bucket, maps):
+                writer.write(image_id, m, classes)
+            bar.update(len(bucket))
+    bar.close()
     log.info("wrote %d images to %s", len(ids), out_path)

@@ -116,7 +116,7 @@ def cmd_show(args) -> int:
     from locseg.store import StoreReader
 
     config = _load_config(args.config)
-    classes, n = config["classes"], len(config["classes"])
+    n = len(config["classes"])
     layout = voc_layout(config)
     image_id, results = args.image, Path(args.results)
     image = read_image(layout.image_path(image_id))

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from locseg.batching import BackgroundWriter, buckets, maybe_compile, prefetch, to_input
 from locseg.data.transforms import joint_augment, normalize
 from locseg.data.voc import read_image, write_mask
 from locseg.fsutil import atomic_path
@@ -17,10 +18,9 @@ from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
 from locseg.train import (
     autocast,
+    fit,
     load_checkpoint,
-    make_optimizer,
     pick_device,
-    poly_lr,
     prepare_model,
     progress,
     save_checkpoint,
@@ -91,6 +91,11 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice.mean()
 
 
+def _segmenter_loss(model: Segmenter, batch) -> torch.Tensor:
+    images, cues, targets = batch
+    return dice_bce_loss(model(images, cues), targets)
+
+
 def train_segmenter(
     coco,
     cam_store_paths: list | None,
@@ -118,37 +123,11 @@ def train_segmenter(
     dev = pick_device(device)
     cams = ShardedStore(cam_store_paths, kind="cam", class_names=class_names) if cam_store_paths else None
     data = CueSet(coco, cams, crop, scale_range, seed)
-    if len(data) < 2:
-        raise ValueError(f"segmenter training needs at least 2 (image, class) samples, found {len(data)}")
-    loader = DataLoader(data, batch_size=min(batch_size, len(data)), shuffle=True, drop_last=True,
-                        num_workers=num_workers, generator=gen)
     model = prepare_model(Segmenter(backbone, output_stride, weights, width), dev)
-    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
-    total, step, losses = epochs * len(loader), 0, []
-    log.info("segmenter training: %d samples from %d images, %d steps on %s",
-             len(data), len(coco.ids), total, dev)
-    bar = progress(total=total, desc="train_segmenter")
-    for epoch in range(epochs):
-        data.epoch = epoch
-        model.train()
-        running = 0.0
-        for images, cues, targets in loader:
-            for group in opt.param_groups:
-                group["lr"] = poly_lr(lr, step, total)
-            images, cues, targets = images.to(dev), cues.to(dev), targets.to(dev)
-            with autocast(dev):
-                logits = model(images, cues)
-            loss = dice_bce_loss(logits, targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += loss.item()
-            step += 1
-            bar.update()
-        losses.append(running / len(loader))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
-    bar.close()
+    log.info("segmenter samples: (image, class) pairs from %d external images", len(coco.ids))
+    losses = fit(model, data, _segmenter_loss, device=dev, generator=gen, desc="train_segmenter",
+                 batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                 num_workers=num_workers)
     if cams is not None:
         cams.close()
     summary = {"class_names": list(class_names), "backbone": backbone, "output_stride": output_stride,
@@ -171,11 +150,29 @@ def resegment_image(model: Segmenter, image: np.ndarray, cams: np.ndarray, round
                     device: torch.device) -> np.ndarray:
     """All classes of one image in one batch; each round's output is the next round's cue.
     Returns float32 [rounds, k, H, W] probabilities."""
-    k, h, w = cams.shape
-    if k == 0:
-        return np.zeros((rounds, 0, h, w), np.float32)
-    x = normalize(image).unsqueeze(0).expand(k, -1, -1, -1).to(device)
-    cue = torch.from_numpy(cams).unsqueeze(1).to(device)
+    return resegment_batch(model, [image], [cams], rounds, device)[0]
+
+
+@torch.no_grad()
+def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, device: torch.device,
+                    keep_rounds: bool = True) -> list[np.ndarray]:
+    """`resegment_image` for several same-size images at once: one forward pass per round over every
+    (image, present class) pair of the batch. With one image this is exactly the per-image computation.
+    Returns one float32 [rounds, k_i, H, W] array per image ([1, k_i, H, W], the last round, when not
+    keep_rounds: earlier rounds then never leave the device)."""
+    h, w = np.asarray(images[0]).shape[:2]
+    ks = [c.shape[0] for c in cams]
+    kept = rounds if keep_rounds else 1
+    if not sum(ks):
+        return [np.zeros((kept, 0, h, w), np.float32) for _ in images]
+    active = [i for i, k in enumerate(ks) if k]
+    x = to_input([images[i] for i in active], device)
+    if len(active) == 1:
+        x = x.expand(ks[active[0]], -1, -1, -1)
+    else:
+        x = x.repeat_interleave(torch.as_tensor([ks[i] for i in active], device=device), dim=0)
+    cue = torch.from_numpy(np.concatenate([cams[i] for i in active]) if len(active) > 1 else cams[active[0]])
+    cue = cue.unsqueeze(1).to(device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     out = []
@@ -183,7 +180,34 @@ def resegment_image(model: Segmenter, image: np.ndarray, cams: np.ndarray, round
         with autocast(device):
             cue = torch.sigmoid(model(x, cue).float())
         out.append(cue[:, 0])
-    return torch.stack(out).cpu().numpy()
+    probs = torch.stack(out[-kept:]).cpu().numpy()
+    result, start = [], 0
+    for k in ks:
+        result.append(probs[:, start:start + k] if k else np.zeros((kept, 0, h, w), np.float32))
+        start += k
+    return result
+
+
+class _ResegItems(Dataset):
+    """(image id, decoded uint8 image, CAMs, classes) in store order; read in DataLoader workers."""
+
+    def __init__(self, cams: ShardedStore, image_paths: dict[str, Path]):
+        self.cams, self.image_paths = cams, image_paths
+        self.ids = list(cams.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        path = self.image_paths[image_id]
+        image = read_image(path)
+        maps, classes = self.cams.read(image_id)
+        if maps.shape[1:] != image.shape[:2]:
+            raise ValueError(f"{path}: image {image_id!r} is {image.shape[0]}x{image.shape[1]}, but its CAMs in "
+                             f"{', '.join(str(r.path) for r in self.cams.readers)} are "
+                             f"{maps.shape[1]}x{maps.shape[2]}")
+        return image_id, torch.from_numpy(image), maps, classes
 
 
 def resegment(
@@ -197,20 +221,39 @@ def resegment(
     keep_rounds: bool = True,
     device: str = "auto",
     config: dict | None = None,
+    batch_size: int = 1,
+    workers: int = 0,
+    compile: bool = False,
 ) -> None:
-    """One prob store per CAM shard: `maps` = the last round; `rounds` [R,k,H,W] when keep_rounds."""
+    """One prob store per CAM shard: `maps` = the last round; `rounds` [R,k,H,W] when keep_rounds.
+
+    batch_size / workers / compile (config `inference`) change speed, never which maps are written (see
+    locseg/batching.py): consecutive same-size images share a forward pass, workers decode images and read
+    CAMs ahead of the model, and a thread compresses and writes the store.
+    """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = pick_device(device)
     model = load_segmenter(checkpoint, class_names, dev)
-    with ShardedStore([cam_store_path], kind="cam", class_names=class_names) as cams, \
-            StoreWriter(out_path, "prob", class_names, scales=cams.attrs["scales"],
-                        model_sha256=file_sha256(checkpoint), config=config) as out:
-        for image_id in progress(cams.ids, desc=f"resegment {Path(out_path).name}"):
-            maps, classes = cams.read(image_id)
-            probs = resegment_image(model, read_image(image_paths[image_id]), maps, rounds, dev)
-            extra = {"rounds": probs} if keep_rounds and rounds > 1 else None
-            out.write(image_id, probs[-1], classes, extra=extra)
+    log.info("resegment: %d rounds on %s, batch_size %d, workers %d", rounds, dev, batch_size, workers)
+    run = maybe_compile(model, dev, compile)
+    keep = keep_rounds and rounds > 1
+    with ShardedStore([cam_store_path], kind="cam", class_names=class_names) as cams:
+        missing = [i for i in cams.ids if i not in image_paths]
+        if missing:
+            raise KeyError(f"{cam_store_path}: {len(missing)} image id(s) with no image path, e.g. {missing[:3]}")
+        items = prefetch(_ResegItems(cams, image_paths), workers, pin_memory=dev.type == "cuda")
+        bar = progress(total=len(cams.ids), desc=f"resegment {Path(out_path).name}")
+        with StoreWriter(out_path, "prob", class_names, scales=cams.attrs["scales"],
+                         model_sha256=file_sha256(checkpoint), config=config) as out, \
+                BackgroundWriter(out, max_pending=max(2, batch_size)) as writer:
+            for bucket in buckets(items, batch_size, key=lambda item: tuple(item[1].shape[:2])):
+                probs = resegment_batch(run, [im for _, im, _, _ in bucket], [m for _, _, m, _ in bucket],
+                                        rounds, dev, keep_rounds=keep)
+                for (image_id, _, _, classes), p in zip(bucket, probs):
+                    writer.write(image_id, p[-1], classes, extra={"rounds": p} if keep else None)
+                bar.update(len(bucket))
+        bar.close()
 
 
 def assemble_labels(maps: np.ndarray, classes, bg_score: float, band: float = 0.0) -> np.ndarray:

@@ -8,19 +8,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from locseg.data.transforms import joint_augment, normalize
 from locseg.data.voc import read_image, read_mask
 from locseg.models.deeplab import build_deeplab
 from locseg.train import (
     autocast,
+    fit,
     load_checkpoint,
-    make_optimizer,
     pick_device,
-    poly_lr,
     prepare_model,
-    progress,
     save_checkpoint,
     seed_everything,
 )
@@ -54,6 +52,11 @@ class MaskSet(Dataset):
         return image, mask[0].long()
 
 
+def _cross_entropy(model, batch) -> torch.Tensor:
+    images, masks = batch
+    return F.cross_entropy(model(images)["out"].float(), masks, ignore_index=IGNORE)
+
+
 def train_deeplab(
     image_paths: dict[str, Path],
     mask_paths: dict[str, Path],
@@ -81,36 +84,10 @@ def train_deeplab(
     if missing:
         raise FileNotFoundError(f"{len(missing)} label masks missing, e.g. {mask_paths[missing[0]]}")
     data = MaskSet(image_paths, mask_paths, len(class_names), crop, scale_range, seed)
-    if len(data) < 2:
-        raise ValueError(f"DeepLab training needs at least 2 images, found {len(data)}")
-    loader = DataLoader(data, batch_size=min(batch_size, len(data)), shuffle=True, drop_last=True,
-                        num_workers=num_workers, generator=gen)
     model = prepare_model(build_deeplab(len(class_names), backbone, weights), dev)
-    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
-    total, step, losses = epochs * len(loader), 0, []
-    log.info("DeepLab training: %d images, %d steps on %s", len(data), total, dev)
-    bar = progress(total=total, desc="train_deeplab")
-    for epoch in range(epochs):
-        data.epoch = epoch
-        model.train()
-        running = 0.0
-        for images, masks in loader:
-            for group in opt.param_groups:
-                group["lr"] = poly_lr(lr, step, total)
-            images, masks = images.to(dev), masks.to(dev)
-            with autocast(dev):
-                logits = model(images)["out"]
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += loss.item()
-            step += 1
-            bar.update()
-        losses.append(running / len(loader))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
-    bar.close()
+    losses = fit(model, data, _cross_entropy, device=dev, generator=gen, desc="train_deeplab",
+                 batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                 num_workers=num_workers)
     summary = {"class_names": list(class_names), "backbone": backbone, "images": len(data),
                "epochs": epochs, "loss_per_epoch": losses, "seed": seed, **(meta or {})}
     save_checkpoint(out_path, model, "deeplab", summary)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from locseg import __version__
@@ -158,3 +159,40 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     if name == "adam":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose sgd or adam")
+
+
+def fit(model: torch.nn.Module, data, loss_fn, *, device: torch.device, generator: torch.Generator,
+        desc: str, batch_size: int, epochs: int, optimizer: str, lr: float, weight_decay: float,
+        num_workers: int = 0) -> list[float]:
+    """The one training loop: shuffled batches (seeded), poly LR, autocast on CUDA, progress and a log
+    line per epoch. `data` has an `epoch` attribute (its augmentation is seeded by it); `loss_fn(model,
+    batch)` takes the batch already on `device` and returns the scalar loss. Returns the mean loss per epoch."""
+    if len(data) < 2:
+        raise ValueError(f"{desc} needs at least 2 training samples, found {len(data)}")
+    loader = DataLoader(data, batch_size=min(batch_size, len(data)), shuffle=True, drop_last=True,
+                        num_workers=num_workers, generator=generator)
+    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
+    total, step, losses = epochs * len(loader), 0, []
+    log.info("%s: %d samples, %d steps on %s", desc, len(data), total, device)
+    bar = progress(total=total, desc=desc)
+    for epoch in range(epochs):
+        data.epoch = epoch
+        model.train()
+        running = 0.0
+        for batch in loader:
+            for group in opt.param_groups:
+                group["lr"] = poly_lr(lr, step, total)
+            batch = [x.to(device) for x in batch]
+            with autocast(device):
+                loss = loss_fn(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.item()
+            step += 1
+            bar.update()
+        losses.append(running / len(loader))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
+    bar.close()
+    return losses

@@ -27,4 +27,5 @@ with log_to(snakemake.log[0]):
             **snakemake.params.infer,
             device=cfg["device"],
             config=config,
+            **snakemake.config["inference"],  # speed only: never changes what is written
         )

@@ -17,4 +17,5 @@ with log_to(snakemake.log[0]):
         **snakemake.params.reseg,
         device=cfg["device"],
         config={"reseg": cfg["reseg"], "segmenter": cfg["segmenter"], "split": snakemake.wildcards.split},
+        **cfg["inference"],  # speed only: never changes what is written
     )
