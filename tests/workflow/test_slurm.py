@@ -74,7 +74,7 @@ def test_tiny_dag_on_slurm_matches_local_run(slurm_node, tiny_run, tmp_path):
     workdir.mkdir()
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
            "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "tiny.yaml"),
-           "--profile", str(PROFILE),
+           "--profile", str(PROFILE), "--workflow-profile", "none",
            # local-cluster values only; everything else comes from the profile
            "--default-resources", f"slurm_partition={slurm_node.partition}", f"mem_mb={mem_mb}", "runtime=30",
            "--set-resources", *[f"{rule}:mem_mb={mem_mb}" for rule in HEAVY],
