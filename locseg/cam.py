@@ -77,6 +77,7 @@ def train_cam(
     device: str = "auto",
     num_workers: int = 0,
     meta: dict | None = None,
+    tensorboard_dir=None,
 ) -> dict:
     """Multi-label BCE on image-level labels. Returns the training summary also stored in the checkpoint."""
     gen = seed_everything(seed)
@@ -84,7 +85,7 @@ def train_cam(
     data = ClassificationSet(image_paths, labels, len(class_names), crop, scale_range, seed)
     model = prepare_model(CamNet(len(class_names) - 1, backbone, output_stride, weights), dev)
     losses = fit(model, data, _bce, device=dev, generator=gen, desc="train_cam", batch_size=batch_size,
-                 epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay, num_workers=num_workers)
+                 epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay, num_workers=num_workers, tensorboard_dir=tensorboard_dir)
     summary = {"class_names": list(class_names), "backbone": backbone, "output_stride": output_stride,
                "epochs": epochs, "images": len(data), "loss_per_epoch": losses, "seed": seed, **(meta or {})}
     save_checkpoint(out_path, model, "cam", summary)

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from locseg import viz
-from locseg.data.voc import read_image, read_mask
+from locseg.data.voc import read_image, read_mask, write_mask
 from locseg.fsutil import atomic_path, read_json, write_json
 from locseg.metrics import ConfusionMatrix
 from locseg.reseg import assemble_labels
+from locseg.retrain import load_deeplab, predict
 from locseg.store import ShardedStore
 from locseg.train import pick_device, progress
 
@@ -117,9 +118,6 @@ def evaluate_deeplab(checkpoint, image_paths: dict[str, Path], gt_paths: dict[st
                      split: str, out_json, out_plot, pred_dir, *, scales=(1.0,), flip: bool = False,
                      device: str = "auto") -> dict:
     """Predictions on the evaluation split, written as palette PNGs, and their scores."""
-    from locseg.data.voc import write_mask
-    from locseg.retrain import load_deeplab, predict
-
     dev = pick_device(device)
     model = load_deeplab(checkpoint, class_names, dev)
     cm = ConfusionMatrix(len(class_names))

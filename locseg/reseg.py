@@ -117,6 +117,7 @@ def train_segmenter(
     device: str = "auto",
     num_workers: int = 0,
     meta: dict | None = None,
+    tensorboard_dir=None,
 ) -> dict:
     """`cam_store_paths` None trains on degraded-GT cues instead of CAMs."""
     gen = seed_everything(seed)
@@ -127,7 +128,7 @@ def train_segmenter(
     log.info("segmenter samples: (image, class) pairs from %d external images", len(coco.ids))
     losses = fit(model, data, _segmenter_loss, device=dev, generator=gen, desc="train_segmenter",
                  batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                 num_workers=num_workers)
+                 num_workers=num_workers, tensorboard_dir=tensorboard_dir)
     if cams is not None:
         cams.close()
     summary = {"class_names": list(class_names), "backbone": backbone, "output_stride": output_stride,

@@ -76,6 +76,7 @@ def train_deeplab(
     device: str = "auto",
     num_workers: int = 0,
     meta: dict | None = None,
+    tensorboard_dir=None,
 ) -> dict:
     """Cross-entropy with 255 ignored and a poly LR schedule (deeplab-pytorch's recipe)."""
     gen = seed_everything(seed)
@@ -87,7 +88,7 @@ def train_deeplab(
     model = prepare_model(build_deeplab(len(class_names), backbone, weights), dev)
     losses = fit(model, data, _cross_entropy, device=dev, generator=gen, desc="train_deeplab",
                  batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                 num_workers=num_workers)
+                 num_workers=num_workers, tensorboard_dir=tensorboard_dir)
     summary = {"class_names": list(class_names), "backbone": backbone, "images": len(data),
                "epochs": epochs, "loss_per_epoch": losses, "seed": seed, **(meta or {})}
     save_checkpoint(out_path, model, "deeplab", summary)

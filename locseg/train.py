@@ -163,7 +163,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
 
 def fit(model: torch.nn.Module, data, loss_fn, *, device: torch.device, generator: torch.Generator,
         desc: str, batch_size: int, epochs: int, optimizer: str, lr: float, weight_decay: float,
-        num_workers: int = 0) -> list[float]:
+        num_workers: int = 0, tensorboard_dir=None) -> list[float]:
     """The one training loop: shuffled batches (seeded), poly LR, autocast on CUDA, progress and a log
     line per epoch. `data` has an `epoch` attribute (its augmentation is seeded by it); `loss_fn(model,
     batch)` takes the batch already on `device` and returns the scalar loss. Returns the mean loss per epoch."""
@@ -174,6 +174,7 @@ def fit(model: torch.nn.Module, data, loss_fn, *, device: torch.device, generato
     opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     total, step, losses = epochs * len(loader), 0, []
     log.info("%s: %d samples, %d steps on %s", desc, len(data), total, device)
+    board = _tensorboard(tensorboard_dir)
     bar = progress(total=total, desc=desc)
     for epoch in range(epochs):
         data.epoch = epoch
@@ -189,10 +190,27 @@ def fit(model: torch.nn.Module, data, loss_fn, *, device: torch.device, generato
             loss.backward()
             opt.step()
             running += loss.item()
+            if board is not None:
+                board.add_scalar("loss", loss.item(), step)
+                board.add_scalar("lr", opt.param_groups[0]["lr"], step)
             step += 1
             bar.update()
         losses.append(running / len(loader))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
     bar.close()
+    if board is not None:
+        board.close()
     return losses
+
+
+def _tensorboard(log_dir):
+    """Loss and LR per step for TensorBoard, as the seed logged them; optional (needs `tensorboard`)."""
+    if log_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+        return None
+    return SummaryWriter(str(log_dir))

@@ -14,6 +14,7 @@ rule train_cam:
         split=SPLITS["cam"],
         source=config["cam"]["source"],
         seed=config["seed"],
+        tensorboard=f"{RESULTS}/tensorboard/train_cam",
     threads: 2
     resources:
         gpu=1,

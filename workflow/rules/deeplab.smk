@@ -19,6 +19,7 @@ rule train_deeplab:
                    "optimizer", "lr", "weight_decay"),
         split=SPLITS["pseudo"],
         seed=config["seed"],
+        tensorboard=f"{RESULTS}/tensorboard/train_deeplab_{{labels}}",
     threads: 2
     resources:
         gpu=1,

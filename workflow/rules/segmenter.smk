@@ -15,6 +15,7 @@ rule train_segmenter:
                    "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay"),
         category_map=config["coco"]["category_map"],
         seed=config["seed"],
+        tensorboard=f"{RESULTS}/tensorboard/train_segmenter",
     threads: 2
     resources:
         gpu=1,

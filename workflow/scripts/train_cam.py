@@ -22,5 +22,6 @@ with log_to(snakemake.log[0]):
             seed=snakemake.params.seed,
             device=cfg["device"],
             num_workers=cfg["num_workers"],
+        tensorboard_dir=snakemake.params.tensorboard,
             meta=meta,
         )
