@@ -28,22 +28,6 @@ rule train_cam:
         "../scripts/train_cam.py"
 
 
-def imports_cams(split):
-    """With cam.source 'import' the VOC splits' CAMs come from .npy files; the external split is still
-    extracted by the CAM net (it gives the segmenter's cues)."""
-    return config["cam"]["source"] == "import" and split != EXTERNAL
-
-
-def cam_split_inputs(wc):
-    """A VOC split needs its image labels; the external split reads its classes from COCO JSON."""
-    if imports_cams(wc.split):
-        return {"split": split_file(wc.split)}
-    inputs = {"model": rules.train_cam.output.model}
-    if wc.split == EXTERNAL:
-        return {**inputs, "coco": config["coco"]["annotations"], "split": split_file(EXTERNAL)}
-    return {**inputs, "labels": rules.image_labels.output.json.format(split=wc.split)}
-
-
 rule extract_cams:
     """Multi-scale (+ flip) CAMs of each image's present classes, one shard of one split."""
     input:
@@ -65,7 +49,3 @@ rule extract_cams:
         bench_path("extract_cams", "{split}/{shard}")
     script:
         "../scripts/extract_cams.py"
-
-
-def cam_shards(split):
-    return expand(rules.extract_cams.output.store, split=split, shard=SHARDS)

@@ -46,9 +46,47 @@ def weights_input(section):
     return [weights] if weights else []
 
 
-def log_path(rule_name, pattern=""):
-    return f"{RESULTS}/logs/{rule_name}{'/' + pattern if pattern else ''}.log"
+def log_path(rule_name, pattern=None):
+    return f"{RESULTS}/logs/{rule_name}/{pattern}.log" if pattern else f"{RESULTS}/logs/{rule_name}.log"
 
 
-def bench_path(rule_name, pattern=""):
-    return f"{RESULTS}/benchmarks/{rule_name}{'/' + pattern if pattern else ''}.tsv"
+def bench_path(rule_name, pattern=None):
+    return f"{RESULTS}/benchmarks/{rule_name}/{pattern}.tsv" if pattern else f"{RESULTS}/benchmarks/{rule_name}.tsv"
+
+
+# Input functions of the stage rules. They name rules.X outputs, looked up only when called (after every
+# rule file is read).
+
+
+def imports_cams(split):
+    """With cam.source 'import' the VOC splits' CAMs come from .npy files; the external split is still
+    extracted by the CAM net (it gives the segmenter's cues)."""
+    return config["cam"]["source"] == "import" and split != EXTERNAL
+
+
+def cam_split_inputs(wc):
+    """A VOC split needs its image labels; the external split reads its classes from COCO JSON."""
+    if imports_cams(wc.split):
+        return {"split": split_file(wc.split)}
+    inputs = {"model": rules.train_cam.output.model}
+    if wc.split == EXTERNAL:
+        return {**inputs, "coco": config["coco"]["annotations"], "split": split_file(EXTERNAL)}
+    return {**inputs, "labels": rules.image_labels.output.json.format(split=wc.split)}
+
+
+def cam_shards(split):
+    return expand(rules.extract_cams.output.store, split=split, shard=SHARDS)
+
+
+def deeplab_label_inputs(wc):
+    if wc.labels == "pseudo":
+        return {"masks": rules.export_masks.output.masks.format(split=SPLITS["pseudo"])}
+    return {"split": split_file(SPLITS["pseudo"])}
+
+
+def report_grid_inputs(wc):
+    """The val overlay shows CAMs and pseudo masks too when val is also the split they were made for."""
+    val = SPLITS["val"]
+    if val != SPLITS["pseudo_eval"]:
+        return {}
+    return {"grid_cams": cam_shards(val), "grid_masks": rules.export_masks.output.masks.format(split=val)}

@@ -1,12 +1,6 @@
 # Retrain: DeepLabV3 on the pseudo masks, or on GT masks for the fully supervised bound.
 
 
-def deeplab_label_inputs(wc):
-    if wc.labels == "pseudo":
-        return {"masks": rules.export_masks.output.masks.format(split=SPLITS["pseudo"])}
-    return {"split": split_file(SPLITS["pseudo"])}
-
-
 rule train_deeplab:
     """DeepLabV3, cross-entropy with 255 ignored, poly LR, on the pseudo split's images."""
     input:

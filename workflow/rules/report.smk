@@ -1,14 +1,6 @@
 # Report: every number with its split, the plots, overlays, run times and the config, in one file.
 
 
-def report_grid_inputs(wc):
-    """The val overlay shows CAMs and pseudo masks too when val is also the split they were made for."""
-    val = SPLITS["val"]
-    if val != SPLITS["pseudo_eval"]:
-        return {}
-    return {"grid_cams": cam_shards(val), "grid_masks": rules.export_masks.output.masks.format(split=val)}
-
-
 rule report:
     """results/report.html (self-contained) and its Markdown twin, plus a DeepLab overlay grid on val."""
     input:
