@@ -30,7 +30,7 @@ def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: b
 
 def planned_jobs(workdir: Path, overrides: dict | None = None, *args: str) -> dict[str, int]:
     """Rule -> job count of a dry run (parsed from Snakemake's 'Job stats' table)."""
-    proc = snakemake(workdir, "-n", "--quiet", "rules", *args, overrides=overrides)
+    proc = snakemake(workdir, *args, "-n", "--quiet", "rules", overrides=overrides)
     out = proc.stdout + proc.stderr
     jobs, in_table = {}, False
     for line in out.splitlines():
