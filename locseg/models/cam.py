@@ -20,7 +20,7 @@ class CamNet(nn.Module):
     def __init__(self, num_foreground: int, backbone: str = "small", output_stride: int = 16, weights=None):
         super().__init__()
         seam = backbone == "resnet38_seam"
-        self.backbone = build_backbone(backbone, 3, output_stride, None if seam else weights)
+        self.backbone = build_backbone(backbone, 3, output_stride, None if seam else weights, small_dilation=1)
         self.classifier = nn.Conv2d(self.backbone.out_channels, num_foreground, 1, bias=False)
         if seam and weights:
             # A SEAM checkpoint holds the trunk and the classifier: CAMs come out without any training.
