@@ -41,7 +41,7 @@ _HEAD_SHAPES = {1: "triangle", 2: "circle", 3: "square", 4: "plus", _TORTOISE: "
 _HEAD_MIN_DIST = 80  # no clutter or body colour comes closer than this (RGB distance) to a head colour
 
 SIZES = {
-    "default": {"train": 600, "val": 100, "coco": 300, "width": (96, 144), "height": (96, 144),
+    "default": {"train": 600, "val": 100, "coco": 500, "width": (96, 144), "height": (96, 144),
                 "objects": (1, 3), "scale": (0.25, 0.5), "head_frac": (0.08, 0.15), "distractors": (0, 1),
                 "blobs": (2, 6), "tortoise_prob": 0.1, "crowd_prob": 0.15},
     "tiny": {"train": 12, "val": 6, "coco": 16, "width": (48, 72), "height": (48, 72),
@@ -50,7 +50,7 @@ SIZES = {
 }
 JPEG_QUALITY = 90
 # Bumped whenever the generator draws differently, so Snakemake (a param of rule demo_data) regenerates.
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 
 
 def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "default") -> None:
