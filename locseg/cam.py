@@ -68,26 +68,22 @@ def train_cam(
     output_stride: int = 16,
     crop: int = 96,
     scale_range=(0.7, 1.3),
-    batch_size: int = 16,
-    epochs: int = 10,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
     seed: int = 0,
     device: str = "auto",
-    num_workers: int = 0,
     meta: dict | None = None,
-    tensorboard_dir=None,
+    **fit_options,
 ) -> dict:
-    """Multi-label BCE on image-level labels. Returns the training summary also stored in the checkpoint."""
+    """Multi-label BCE on image-level labels. Returns the training summary also stored in the checkpoint.
+    `fit_options` (batch_size, epochs, optimizer, lr, weight_decay, num_workers, tensorboard_dir) go to
+    `locseg.train.fit`."""
     gen = seed_everything(seed)
     dev = pick_device(device)
     data = ClassificationSet(image_paths, labels, len(class_names), crop, scale_range, seed)
     model = prepare_model(CamNet(len(class_names) - 1, backbone, output_stride, weights), dev)
-    losses = fit(model, data, _bce, device=dev, generator=gen, desc="train_cam", batch_size=batch_size,
-                 epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay, num_workers=num_workers, tensorboard_dir=tensorboard_dir)
+    losses = fit(model, data, _bce, device=dev, generator=gen, desc="train_cam", **fit_options)
     summary = {"class_names": list(class_names), "backbone": backbone, "output_stride": output_stride,
-               "epochs": epochs, "images": len(data), "loss_per_epoch": losses, "seed": seed, **(meta or {})}
+               "epochs": len(losses), "images": len(data), "loss_per_epoch": losses, "seed": seed,
+               **(meta or {})}
     save_checkpoint(out_path, model, "cam", summary)
     return summary
 

@@ -108,32 +108,25 @@ def train_segmenter(
     width: int = 64,
     crop: int = 96,
     scale_range=(0.7, 1.3),
-    batch_size: int = 8,
-    epochs: int = 10,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
     seed: int = 0,
     device: str = "auto",
-    num_workers: int = 0,
     meta: dict | None = None,
-    tensorboard_dir=None,
+    **fit_options,
 ) -> dict:
-    """`cam_store_paths` None trains on degraded-GT cues instead of CAMs."""
+    """`cam_store_paths` None trains on degraded-GT cues instead of CAMs. `fit_options` go to
+    `locseg.train.fit`."""
     gen = seed_everything(seed)
     dev = pick_device(device)
     cams = ShardedStore(cam_store_paths, kind="cam", class_names=class_names) if cam_store_paths else None
     data = CueSet(coco, cams, crop, scale_range, seed)
     model = prepare_model(Segmenter(backbone, output_stride, weights, width), dev)
     log.info("segmenter samples: (image, class) pairs from %d external images", len(coco.ids))
-    losses = fit(model, data, _segmenter_loss, device=dev, generator=gen, desc="train_segmenter",
-                 batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                 num_workers=num_workers, tensorboard_dir=tensorboard_dir)
+    losses = fit(model, data, _segmenter_loss, device=dev, generator=gen, desc="train_segmenter", **fit_options)
     if cams is not None:
         cams.close()
     summary = {"class_names": list(class_names), "backbone": backbone, "output_stride": output_stride,
                "width": width, "cue": "cam" if cam_store_paths else "degraded_gt", "samples": len(data),
-               "epochs": epochs, "loss_per_epoch": losses, "seed": seed, **(meta or {})}
+               "epochs": len(losses), "loss_per_epoch": losses, "seed": seed, **(meta or {})}
     save_checkpoint(out_path, model, "segmenter", summary)
     return summary
 

@@ -67,18 +67,13 @@ def train_deeplab(
     weights: str | None = None,
     crop: int = 96,
     scale_range=(0.7, 1.3),
-    batch_size: int = 8,
-    epochs: int = 10,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
     seed: int = 0,
     device: str = "auto",
-    num_workers: int = 0,
     meta: dict | None = None,
-    tensorboard_dir=None,
+    **fit_options,
 ) -> dict:
-    """Cross-entropy with 255 ignored and a poly LR schedule (deeplab-pytorch's recipe)."""
+    """Cross-entropy with 255 ignored and a poly LR schedule (deeplab-pytorch's recipe); `fit_options` go to
+    `locseg.train.fit`."""
     gen = seed_everything(seed)
     dev = pick_device(device)
     missing = [i for i in image_paths if not Path(mask_paths[i]).is_file()]
@@ -86,11 +81,9 @@ def train_deeplab(
         raise FileNotFoundError(f"{len(missing)} label masks missing, e.g. {mask_paths[missing[0]]}")
     data = MaskSet(image_paths, mask_paths, len(class_names), crop, scale_range, seed)
     model = prepare_model(build_deeplab(len(class_names), backbone, weights), dev)
-    losses = fit(model, data, _cross_entropy, device=dev, generator=gen, desc="train_deeplab",
-                 batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                 num_workers=num_workers, tensorboard_dir=tensorboard_dir)
+    losses = fit(model, data, _cross_entropy, device=dev, generator=gen, desc="train_deeplab", **fit_options)
     summary = {"class_names": list(class_names), "backbone": backbone, "images": len(data),
-               "epochs": epochs, "loss_per_epoch": losses, "seed": seed, **(meta or {})}
+               "epochs": len(losses), "loss_per_epoch": losses, "seed": seed, **(meta or {})}
     save_checkpoint(out_path, model, "deeplab", summary)
     return summary
 

@@ -28,14 +28,13 @@ values look random to any lossless coder): with gzip4+shuffle, 4.4x at ~25% zero
 3.2x for a multi-scale average with no zeros. So values are first rounded to a grid of 1/1024
 (QUANTUM; absolute error <= 4.9e-4, twice float16's own rounding error near 1, far below any threshold
 step): on the demo's dense multi-scale CAMs this takes the store from 0.31 to 0.22 of float32 .npy bytes
-(0.25 with a 1/2048 grid).
+(0.25 with a 1/2048 grid; 0.19-0.20 on the final demo CAMs).
 
-Choice: gzip level 4 with the shuffle filter. It is 1.6-1.8x smaller than lzf on CAMs (on the CAM-like row,
-the only option under 1/4 of float32; less sparse CAMs stay above it, see above), reads at the same few ms per image (stores are read
-many times: threshold sweep, segmenter training, resegmentation), and its extra write cost (~10 ms per
-image) is small next to the network inference that produced the maps. gzip is also built into every
-HDF5 library (MATLAB, h5dump, C), whereas lzf is an h5py-only filter. Level 1 would save ~20% write time
-for 5-12% more bytes; levels above 4 cost a lot of write time for ~2%.
+Choice: gzip level 4 with the shuffle filter. It is 1.6-1.8x smaller than lzf on CAMs, reads at the same
+few ms per image (stores are read many times: threshold sweep, segmenter training, resegmentation), and
+its extra write cost (~10 ms per image) is small next to the network inference that produced the maps.
+gzip is also built into every HDF5 library (MATLAB, h5dump, C), whereas lzf is an h5py-only filter.
+Level 1 would save ~20% write time for 5-12% more bytes; levels above 4 cost a lot of write time for ~2%.
 """
 
 from __future__ import annotations

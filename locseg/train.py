@@ -162,8 +162,8 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
 
 
 def fit(model: torch.nn.Module, data, loss_fn, *, device: torch.device, generator: torch.Generator,
-        desc: str, batch_size: int, epochs: int, optimizer: str, lr: float, weight_decay: float,
-        num_workers: int = 0, tensorboard_dir=None) -> list[float]:
+        desc: str, batch_size: int = 8, epochs: int = 10, optimizer: str = "adam", lr: float = 1e-3,
+        weight_decay: float = 1e-4, num_workers: int = 0, tensorboard_dir=None) -> list[float]:
     """The one training loop: shuffled batches (seeded), poly LR, autocast on CUDA, progress and a log
     line per epoch. `data` has an `epoch` attribute (its augmentation is seeded by it); `loss_fn(model,
     batch)` takes the batch already on `device` and returns the scalar loss. Returns the mean loss per epoch."""
