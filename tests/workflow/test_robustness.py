@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from tests.workflow.conftest import REPO, snakemake
 
@@ -28,24 +29,35 @@ def test_two_runs_with_one_seed_are_byte_identical(tiny_run, tmp_path):
     assert first and first == second
 
 
-def test_killed_run_reruns_to_the_same_results(tiny_run, tmp_path):
-    """SIGKILL the whole job tree while the segmenter trains, rerun, and get a clean run's outputs."""
+def test_killed_run_reruns_to_the_same_results(tmp_path):
+    """SIGKILL the whole job tree while the segmenter trains, rerun, and get a clean run's outputs.
+
+    The segmenter trains longer than in the tiny config, so the kill surely lands inside its training;
+    the reference is an uninterrupted run with the same settings."""
+    longer = {"segmenter": {"epochs": 30}}
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    killed.mkdir()
+    clean.mkdir()
+    extra = killed / "longer.yaml"
+    extra.write_text(yaml.safe_dump(longer))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2", "--configfile",
-           str(REPO / "config/config.yaml"), str(REPO / "config/tiny.yaml")]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+           str(REPO / "config/config.yaml"), str(REPO / "config/tiny.yaml"), str(extra)]
+    proc = subprocess.Popen(cmd, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    log = tmp_path / "results/logs/train_segmenter.log"
+    log = killed / "results/logs/train_segmenter.log"
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if log.is_file() and "train_segmenter" in log.read_text():
+            if log.is_file() and "epoch 1/30" in log.read_text():
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert proc.poll() is None, "the run ended before it could be killed"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (tmp_path / "results/models/segmenter.pt").exists()
-    snakemake(tmp_path, "--unlock")
-    snakemake(tmp_path)
-    assert _digests(tmp_path) == _digests(tiny_run)
+    assert not (killed / "results/models/segmenter.pt").exists()
+    snakemake(killed, "--unlock", overrides=longer)
+    snakemake(killed, overrides=longer)
+    snakemake(clean, overrides=longer)
+    assert not list(killed.glob("results/**/*.tmp"))
+    assert _digests(killed) == _digests(clean)
