@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from locseg.batching import BackgroundWriter, buckets, maybe_compile, prefetch, to_input
-from locseg.data.transforms import joint_augment, normalize
+from locseg.data.transforms import AugmentedSet, joint_augment, normalize
 from locseg.data.voc import read_image
 from locseg.models.cam import CamNet
 from locseg.store import StoreWriter, file_sha256
@@ -29,22 +29,22 @@ from locseg.train import (
 log = logging.getLogger("locseg.cam")
 
 
-class ClassificationSet(Dataset):
-    """(augmented image crop, multi-hot foreground labels); randomness fixed by (seed, epoch, index)."""
+class ClassificationSet(AugmentedSet):
+    """(augmented image crop, multi-hot foreground labels)."""
 
     def __init__(self, image_paths: dict[str, Path], labels: dict[str, list[int]], num_classes: int,
                  crop: int, scale_range, seed: int):
-        self.ids = [i for i in image_paths if labels.get(i)]  # images without a foreground class teach nothing
-        self.image_paths, self.labels = image_paths, labels
-        self.num_classes, self.crop, self.scale_range, self.seed = num_classes, crop, scale_range, seed
-        self.epoch = 0
+        # images without a foreground class teach nothing
+        super().__init__([i for i in image_paths if labels.get(i)], crop, scale_range, seed)
+        self.image_paths, self.labels, self.num_classes = image_paths, labels, num_classes
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    @property
+    def ids(self) -> list[str]:
+        return self.samples
 
     def __getitem__(self, index: int):
-        image_id = self.ids[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image_id = self.samples[index]
+        rng = self.rng(index)
         image = normalize(read_image(self.image_paths[image_id]))
         (image,) = joint_augment(rng, [(image, "bilinear", 0.0)], self.crop, self.scale_range)
         target = torch.zeros(self.num_classes - 1)

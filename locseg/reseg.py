@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from locseg.batching import BackgroundWriter, buckets, maybe_compile, prefetch, to_input
-from locseg.data.transforms import joint_augment, normalize
+from locseg.data.transforms import AugmentedSet, joint_augment, normalize
 from locseg.data.voc import read_image, write_mask
 from locseg.fsutil import atomic_path
 from locseg.models.segmenter import Segmenter
@@ -44,25 +44,20 @@ def degraded_cue(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.exp(-((yy - ys[i]) ** 2 + (xx - xs[i]) ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
-class CueSet(Dataset):
+class CueSet(AugmentedSet):
     """One sample per (image, present class): image, that class's cue, and the class's object mask."""
 
     def __init__(self, coco, cams: ShardedStore | None, crop: int, scale_range, seed: int):
+        super().__init__([(i, c) for i in coco.ids for c in coco.labels(i)], crop, scale_range, seed)
         self.coco, self.cams = coco, cams
-        self.samples = [(i, c) for i in coco.ids for c in coco.labels(i)]
         if cams is not None:
             missing = [i for i in coco.ids if i not in cams]
             if missing:
                 raise ValueError(f"CAM store lacks {len(missing)} external images, e.g. {missing[:3]}")
-        self.crop, self.scale_range, self.seed = crop, scale_range, seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, index: int):
         image_id, cls = self.samples[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.rng(index)
         image = normalize(read_image(self.coco.image_path(image_id)))
         target = self.coco.target(image_id, cls)
         if self.cams is None:

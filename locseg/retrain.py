@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from locseg.data.transforms import joint_augment, normalize
+from locseg.data.transforms import AugmentedSet, joint_augment, normalize
 from locseg.data.voc import read_image, read_mask
 from locseg.models.deeplab import build_deeplab
 from locseg.train import (
@@ -27,22 +26,17 @@ log = logging.getLogger("locseg.retrain")
 IGNORE = 255
 
 
-class MaskSet(Dataset):
+class MaskSet(AugmentedSet):
     """(augmented image crop, label crop) pairs; label files are index or palette PNGs."""
 
     def __init__(self, image_paths: dict[str, Path], mask_paths: dict[str, Path], num_classes: int,
                  crop: int, scale_range, seed: int):
-        self.ids = list(image_paths)
-        self.image_paths, self.mask_paths = image_paths, mask_paths
-        self.num_classes, self.crop, self.scale_range, self.seed = num_classes, crop, scale_range, seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.ids)
+        super().__init__(list(image_paths), crop, scale_range, seed)
+        self.image_paths, self.mask_paths, self.num_classes = image_paths, mask_paths, num_classes
 
     def __getitem__(self, index: int):
-        image_id = self.ids[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image_id = self.samples[index]
+        rng = self.rng(index)
         image = read_image(self.image_paths[image_id])
         mask = read_mask(self.mask_paths[image_id], self.num_classes, image.shape[:2])
         image, mask = joint_augment(

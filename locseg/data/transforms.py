@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -47,3 +48,18 @@ def joint_augment(
             x = x.flip(-1)
         out.append(x)
     return out
+
+
+class AugmentedSet(Dataset):
+    """Base of the training sets: each sample's randomness is fixed by (seed, epoch, index), so a run is
+    reproducible whatever the number of DataLoader workers. `locseg.train.fit` sets `epoch`."""
+
+    def __init__(self, samples: list, crop: int, scale_range, seed: int):
+        self.samples, self.crop, self.scale_range, self.seed = list(samples), crop, scale_range, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
