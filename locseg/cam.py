@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from locseg.batching import BackgroundWriter, buckets, maybe_compile, prefetch, to_input
-from locseg.data.transforms import AugmentedSet, joint_augment, normalize
+from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment, normalize
 from locseg.data.voc import read_image
 from locseg.models.cam import CamNet
 from locseg.store import StoreWriter, file_sha256
@@ -117,7 +117,7 @@ def infer_cams(model: CamNet, image: np.ndarray, classes: list[int], scales, fli
 
 @torch.no_grad()
 def infer_cams_batch(cams_fn, images, classes: list[list[int]], scales, flip: bool,
-                     device: torch.device) -> list[np.ndarray]:
+                     device: torch.device, max_side: int | None = None) -> list[np.ndarray]:
     """`infer_cams` for several same-size images at once: per scale, one forward pass over every image and
     its flipped view ([2B, 3, h, w]); each image's own classes are picked from the raw CAMs, and all picked
     maps are upsampled in one call. `cams_fn` is `CamNet.cams` (or its torch.compile). Images without a
@@ -132,7 +132,8 @@ def infer_cams_batch(cams_fn, images, classes: list[list[int]], scales, flip: bo
     b = len(active)
     idx = [torch.as_tensor([c - 1 for c in classes[i]], device=device) for i in active]
     total = torch.zeros(sum(ks), h, w, device=device)
-    for s in scales:
+    base = inference_scale(h, w, max_side)
+    for s in (base * s for s in scales):
         xs = x if s == 1.0 else F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
                                               mode="bilinear", align_corners=False)
         if flip:
@@ -185,11 +186,13 @@ def extract_cams(
     flip: bool = False,
     device: str = "auto",
     config: dict | None = None,
+    max_side: int | None = None,
     batch_size: int = 1,
     workers: int = 0,
     compile: bool = False,
 ) -> None:
     """One store file with the CAMs of `ids` (one shard), only for each image's present classes.
+    `max_side` caps the longer image side the scales apply to (maps still come out at image size).
 
     batch_size / workers / compile (config `inference`) change speed, never which maps are written:
     consecutive same-size images share a forward pass, `workers` processes decode images ahead of the
@@ -209,7 +212,7 @@ def extract_cams(
                      config=config) as store, BackgroundWriter(store, max_pending=max(2, batch_size)) as writer:
         for bucket in buckets(items, batch_size, key=lambda item: tuple(item[1].shape[:2])):
             maps = infer_cams_batch(cams_fn, [im for _, im, _ in bucket], [c for _, _, c in bucket],
-                                    scales, flip, dev)
+                                    scales, flip, dev, max_side)
             for (image_id, _, classes), m in zip(bucket, maps):
                 writer.write(image_id, m, classes)
             bar.update(len(bucket))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from locseg.batching import BackgroundWriter, buckets, maybe_compile, prefetch, to_input
-from locseg.data.transforms import AugmentedSet, joint_augment, normalize
+from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment, normalize
 from locseg.data.voc import read_image, write_mask
 from locseg.fsutil import atomic_path
 from locseg.models.segmenter import Segmenter
@@ -144,7 +144,7 @@ def resegment_image(model: Segmenter, image: np.ndarray, cams: np.ndarray, round
 
 @torch.no_grad()
 def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, device: torch.device,
-                    keep_rounds: bool = True) -> list[np.ndarray]:
+                    keep_rounds: bool = True, max_side: int | None = None) -> list[np.ndarray]:
     """`resegment_image` for several same-size images at once: one forward pass per round over every
     (image, present class) pair of the batch. With one image this is exactly the per-image computation.
     Returns one float32 [rounds, k_i, H, W] array per image ([1, k_i, H, W], the last round, when not
@@ -162,13 +162,19 @@ def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, device: 
         x = x.repeat_interleave(torch.as_tensor([ks[i] for i in active], device=device), dim=0)
     cue = torch.from_numpy(np.concatenate([cams[i] for i in active]) if len(active) > 1 else cams[active[0]])
     cue = cue.unsqueeze(1).to(device)
+    s = inference_scale(h, w, max_side)
+    if s < 1.0:  # run at the reduced size, hand back every round at image size
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        cue = F.interpolate(cue, size=size, mode="bilinear", align_corners=False)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     out = []
     for _ in range(rounds):
         with autocast(device):
             cue = torch.sigmoid(model(x, cue).float())
-        out.append(cue[:, 0])
+        full = cue if s == 1.0 else F.interpolate(cue, size=(h, w), mode="bilinear", align_corners=False)
+        out.append(full[:, 0])
     probs = torch.stack(out[-kept:]).cpu().numpy()
     result, start = [], 0
     for k in ks:
@@ -208,6 +214,7 @@ def resegment(
     *,
     rounds: int = 3,
     keep_rounds: bool = True,
+    max_side: int | None = None,
     device: str = "auto",
     config: dict | None = None,
     batch_size: int = 1,
@@ -238,7 +245,7 @@ def resegment(
                 BackgroundWriter(out, max_pending=max(2, batch_size)) as writer:
             for bucket in buckets(items, batch_size, key=lambda item: tuple(item[1].shape[:2])):
                 probs = resegment_batch(run, [im for _, im, _, _ in bucket], [m for _, _, m, _ in bucket],
-                                        rounds, dev, keep_rounds=keep)
+                                        rounds, dev, keep_rounds=keep, max_side=max_side)
                 for (image_id, _, _, classes), p in zip(bucket, probs):
                     writer.write(image_id, p[-1], classes, extra={"rounds": p} if keep else None)
                 bar.update(len(bucket))

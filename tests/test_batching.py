@@ -296,3 +296,33 @@ def test_background_writer_keeps_order_and_reraises():
         for name in ["a", "bad", *[f"x{n}" for n in range(50)]]:
             w.write(name, None, None)
     assert sink.seen == ["a"]  # nothing written after the failure
+
+
+def test_inference_scale_caps_the_longer_side():
+    from locseg.data.transforms import inference_scale
+
+    assert inference_scale(100, 50, 40) == pytest.approx(0.4)
+    assert inference_scale(30, 20, 40) == 1.0 and inference_scale(500, 375, None) == 1.0
+
+
+def test_max_side_runs_smaller_but_returns_image_size_maps():
+    """Both per-image stages honour max_side: same output shapes and range, a different (smaller) run."""
+    from locseg.models.cam import CamNet
+    from locseg.models.segmenter import Segmenter
+    from locseg.reseg import resegment_batch
+
+    torch.manual_seed(0)
+    image = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
+    cam_net, seg = CamNet(4).eval(), Segmenter().eval()
+    dev = torch.device("cpu")
+    with torch.no_grad():
+        full = infer_cams_batch(cam_net.cams, [image], [[1, 3]], (1.0, 0.5), True, dev)[0]
+        capped = infer_cams_batch(cam_net.cams, [image], [[1, 3]], (1.0, 0.5), True, dev, max_side=32)[0]
+        assert full.shape == capped.shape == (2, 60, 90)
+        assert 0 <= capped.min() and capped.max() <= 1 and not np.allclose(full, capped)
+        probs = resegment_batch(seg, [image], [capped], 2, dev, max_side=32)[0]
+        assert probs.shape == (2, 2, 60, 90) and 0 <= probs.min() and probs.max() <= 1
+        seen = []
+        seg.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[-2:]))
+        resegment_batch(seg, [image], [capped], 1, dev, max_side=32)
+        assert tuple(seen[0]) == (21, 32)

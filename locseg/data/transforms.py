@@ -17,6 +17,12 @@ def normalize(image: np.ndarray) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
+def inference_scale(h: int, w: int, max_side: int | None) -> float:
+    """Scale that brings an image's longer side down to `max_side` (1.0 when it already fits or no limit):
+    bounds the memory of one forward pass whatever the image size; maps are upsampled back to (H, W)."""
+    return min(1.0, max_side / max(h, w)) if max_side else 1.0
+
+
 def joint_augment(
     rng: np.random.Generator,
     layers: list[tuple[torch.Tensor, str, float]],

@@ -35,7 +35,7 @@ rule extract_cams:
     output:
         store=f"{RESULTS}/cams/{{split}}/{{shard}}.h5",
     params:
-        infer=pick("cam", "scales", "flip"),
+        infer=pick("cam", "scales", "flip", "max_side"),
         imported=lambda wc: imports_cams(wc.split),
         shards=config["shards"],
     threads: 1

@@ -37,7 +37,7 @@ rule resegment:
     output:
         store=f"{RESULTS}/reseg/{{split}}/{{shard}}.h5",
     params:
-        reseg=pick("reseg", "rounds", "keep_rounds"),
+        reseg=pick("reseg", "rounds", "keep_rounds", "max_side"),
     threads: 1
     resources:
         gpu=1,
