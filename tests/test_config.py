@@ -71,7 +71,7 @@ def test_defaults_filled(config):
     config.pop("report", None)
     validate_config(config, SCHEMA)
     assert config["num_workers"] == 0
-    assert config["reseg"] == {"rounds": 3, "keep_rounds": True, "bg_score": 0.5, "band": 0.0}
+    assert config["reseg"] == {"rounds": 3, "keep_rounds": True, "bg_score": 0.5, "band": 0.0, "max_side": None}
     assert config["cam"]["flip"] is False
     assert config["dataset"]["image_dir"] == "JPEGImages"
     assert config["report"] == {"overlay_images": 8}
