@@ -9,9 +9,8 @@ import torch.nn.functional as F
 
 from locseg.cam import ClassificationSet, extract_cams, infer_cams, load_cam_net, train_cam
 from locseg.data import demo
-from locseg.data.labels import labels_from_masks
 from locseg.data.transforms import normalize
-from locseg.data.voc import VocLayout, image_size
+from locseg.data.voc import image_size
 from locseg.models.cam import CamNet
 from locseg.store import ShardedStore, StoreReader, file_sha256
 
@@ -19,20 +18,6 @@ CLASSES = list(demo.DEMO_CLASSES)
 K = len(CLASSES)
 CPU = torch.device("cpu")
 FAST = dict(crop=32, batch_size=4, epochs=1, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "data"
-    demo.generate(out, seed=0, size="tiny")
-    layout = VocLayout(out / "voc")
-    ids = layout.ids("train")
-    return {
-        "root": out,
-        "ids": ids,
-        "image_paths": {i: layout.image_path(i) for i in ids},
-        "labels": labels_from_masks(layout, ids, K),
-    }
 
 
 @pytest.fixture(scope="module")

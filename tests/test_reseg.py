@@ -11,10 +11,8 @@ from PIL import Image
 
 from locseg.cam import extract_cams, train_cam
 from locseg.data import demo
-from locseg.data.coco import CocoSplit
-from locseg.data.labels import labels_from_masks
 from locseg.data.transforms import normalize
-from locseg.data.voc import VocLayout, image_size, read_mask
+from locseg.data.voc import image_size, read_mask
 from locseg.models.segmenter import Segmenter
 from locseg.reseg import (
     CueSet,
@@ -212,23 +210,6 @@ def test_resegment_image_no_classes_and_real_model():
 
 
 # ---------------------------------------------------------------- training and the stage on the tiny demo
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "data"
-    demo.generate(out, seed=0, size="tiny")
-    layout = VocLayout(out / "voc")
-    ids = layout.ids("train")
-    coco = CocoSplit(out / "coco/annotations/instances_train.json", out / "coco/images",
-                     demo.DEMO_COCO_CATEGORY_MAP, CLASSES)
-    return {
-        "layout": layout,
-        "ids": ids,
-        "image_paths": {i: layout.image_path(i) for i in ids},
-        "labels": labels_from_masks(layout, ids, K),
-        "coco": coco,
-    }
 
 
 @pytest.fixture(scope="module")

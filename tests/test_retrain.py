@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from locseg.data import demo
-from locseg.data.voc import VocLayout, read_image, write_mask
+from locseg.data.voc import read_image, write_mask
 from locseg.models.deeplab import build_deeplab
 from locseg.retrain import MaskSet, load_deeplab, predict, train_deeplab
 
@@ -15,19 +15,6 @@ CLASSES = list(demo.DEMO_CLASSES)
 K = len(CLASSES)
 CPU = torch.device("cpu")
 FAST = dict(crop=32, batch_size=4, epochs=1, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "data"
-    demo.generate(out, seed=0, size="tiny")
-    layout = VocLayout(out / "voc")
-    ids = layout.ids("train")
-    return {
-        "ids": ids,
-        "image_paths": {i: layout.image_path(i) for i in ids},
-        "mask_paths": {i: layout.mask_path(i) for i in ids},
-    }
 
 
 @pytest.fixture(scope="module")
