@@ -52,9 +52,10 @@ def gt_paths(config: dict, split: str) -> dict[str, Path]:
     return {i: layout.mask_path(i) for i in split_ids(split)}
 
 
-def image_labels(config: dict, split: str, labels_json=None) -> dict[str, list[int]]:
-    """Present classes per image: from COCO annotations, or the image_labels stage's JSON."""
+def images_and_labels(config: dict, split: str, labels_json=None) -> tuple[dict[str, Path], dict[str, list[int]]]:
+    """Image paths and present classes per image: from COCO annotations (read once: train2017's file is
+    large), or the split list and the image_labels stage's JSON."""
     if split == EXTERNAL:
         coco = coco_split(config)
-        return {i: coco.labels(i) for i in coco.ids}
-    return read_labels(labels_json, config["classes"])
+        return {i: coco.image_path(i) for i in coco.ids}, {i: coco.labels(i) for i in coco.ids}
+    return image_paths(config, split), read_labels(labels_json, config["classes"])

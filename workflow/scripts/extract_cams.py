@@ -3,24 +3,27 @@
 from locseg.cam import extract_cams
 from locseg.logs import log_to
 from locseg.shards import shard_ids
-from locseg.sources import image_labels, image_paths
+from locseg.sources import image_paths, images_and_labels
 from locseg.store import import_npy
 from locseg.train import set_threads
 
 with log_to(snakemake.log[0]):
     set_threads(snakemake.threads)
-    cfg, split = snakemake.config, snakemake.wildcards.split
-    paths = image_paths(cfg, split)
+    cfg, split, imported = snakemake.config, snakemake.wildcards.split, snakemake.params.imported
+    if imported:
+        paths = image_paths(cfg, split)
+    else:
+        paths, labels = images_and_labels(cfg, split, snakemake.input.get("labels"))
     ids = shard_ids(list(paths), int(snakemake.wildcards.shard), snakemake.params.shards)
     config = {"cam": cfg["cam"], "seed": cfg["seed"], "split": split}
-    if snakemake.params.imported:
+    if imported:
         import_npy(cfg["cam"]["import_dir"], ids, snakemake.output.store, cfg["classes"],
                    allow_pickle=cfg["cam"]["allow_pickle"], config=config)
     else:
         extract_cams(
             snakemake.input.model,
             paths,
-            image_labels(cfg, split, snakemake.input.get("labels")),
+            labels,
             ids,
             cfg["classes"],
             snakemake.output.store,

@@ -2,7 +2,7 @@
 
 from locseg.cam import cam_from_weights, train_cam
 from locseg.logs import log_to
-from locseg.sources import image_labels, image_paths
+from locseg.sources import images_and_labels
 from locseg.train import config_hash, set_threads
 
 with log_to(snakemake.log[0]):
@@ -14,8 +14,7 @@ with log_to(snakemake.log[0]):
                          weights=params["weights"], output_stride=params["output_stride"], meta=meta)
     else:
         train_cam(
-            image_paths(cfg, split),
-            image_labels(cfg, split, snakemake.input.labels),
+            *images_and_labels(cfg, split, snakemake.input.labels),
             cfg["classes"],
             snakemake.output.model,
             **params,
