@@ -16,7 +16,9 @@ from locseg.store import (FORMAT, VERSION, ShardedStore, StoreReader, StoreWrite
                           import_npy)
 
 NAMES = ["background", "cat", "dog", "car", "person"]
-F16_TOL = 1e-3  # float16 spacing is <= 2**-11 relative; absolute error <= ~4.9e-4 in [0, 1]
+# The documented precision, written out here rather than imported from the code under test: values are
+# rounded to a 1/1024 grid (error <= 1/2048), and every grid point in [0, 1] is exact in float16.
+F16_TOL = 1 / 2048 + 1e-7
 
 
 def cam_like(rng, k, h, w):
@@ -67,6 +69,18 @@ def test_round_trip_values_classes_attrs_and_order(tmp_path):
             assert r.size(iid) == maps.shape[1:]
         with pytest.raises(KeyError, match="nope"):
             r.read("nope")
+
+
+def test_values_are_rounded_to_the_1024_grid_not_truncated(tmp_path):
+    """Hand-computed: grid points come back exactly (odd multiples of 1/1024 too, so a coarser grid fails),
+    and off-grid values go to the nearest grid point (truncation would give 7/1024 for 7.6/1024)."""
+    given = np.array([[[0.0, 1 / 1024, 513 / 1024, 1.0, 7.6 / 1024, 7.4 / 1024, 0.3, 1023.7 / 1024]]],
+                     np.float32)
+    expected = np.array([[[0.0, 1 / 1024, 513 / 1024, 1.0, 8 / 1024, 7 / 1024, 307 / 1024, 1.0]]], np.float32)
+    p = tmp_path / "grid.h5"
+    write_store(p, {"x": (given, np.array([1]))})
+    with StoreReader(p, kind="cam", class_names=NAMES) as r:
+        np.testing.assert_array_equal(r.read("x")[0], expected)
 
 
 def test_file_layout_with_plain_h5py(tmp_path):

@@ -1,7 +1,8 @@
 """The tiny demo DAG through a real (single-node) SLURM with profiles/slurm: same bytes as a local run.
 
-Needs root and apt-get (Debian/Ubuntu) to install and start SLURM, and snakemake-executor-plugin-slurm;
-skips with the reason otherwise. Run alone with: python -m pytest tests/workflow/test_slurm.py -s
+Opt-in, because it installs Debian packages and writes /etc/slurm: set LOCSEG_TEST_SLURM=1. Needs root and
+apt-get (Debian/Ubuntu) to install and start SLURM, and snakemake-executor-plugin-slurm; skips with the
+reason otherwise. Run alone with: LOCSEG_TEST_SLURM=1 python -m pytest tests/workflow/test_slurm.py -s
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from tests.workflow.conftest import REPO
 from tests.workflow.slurm import preflight, slurm_node  # noqa: F401  (pytest fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+if os.environ.get("LOCSEG_TEST_SLURM") != "1":
+    pytest.skip("opt-in: set LOCSEG_TEST_SLURM=1 (installs SLURM from Debian packages as root)",
+                allow_module_level=True)
 pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm")
 if _reason := preflight():  # before the session's local tiny run is built for nothing
     pytest.skip(f"no single-node SLURM: {_reason}", allow_module_level=True)
