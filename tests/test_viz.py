@@ -31,6 +31,22 @@ def _png_ok(path):
         return im.size
 
 
+def _pixels(path):
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+def _count(pixels, rgb, tol=0):
+    return int((np.abs(pixels - np.array(rgb)).max(axis=2) <= tol).sum())
+
+
+def _columns_of(pixels, rgb, tol=0):
+    return np.nonzero((np.abs(pixels - np.array(rgb)).max(axis=2) <= tol).any(axis=0))[0]
+
+
+TAB_BLUE, TAB_ORANGE, TAB_RED = (31, 119, 180), (255, 127, 14), (214, 39, 40)
+
+
 def test_colorize_voc_colours():
     mask = np.array([[0, 1], [255, 15]], np.uint8)
     rgb = viz.colorize(mask)
@@ -117,6 +133,20 @@ def test_save_grid_writes_png(tmp_path):
     _png_ok(tmp_path / "g2.png")
 
 
+def test_save_grid_shows_each_panel_in_its_cell(tmp_path):
+    """Solid panels: each colour lands in its own column, left to right, as large as a panel is drawn;
+    a None cell stays blank."""
+    red, green = np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40, 3), np.uint8)
+    red[..., 0], green[..., 1] = 255, 255
+    p = tmp_path / "grid.png"
+    viz.save_grid(p, [[red, green], [green, None]], ["a", "b"], ["first", "second"])
+    px = _pixels(p)
+    n_red, n_green = _count(px, (255, 0, 0)), _count(px, (0, 255, 0))
+    assert n_red > 100 * 100  # a panel is drawn about 200 px wide
+    assert n_green == pytest.approx(2 * n_red, rel=0.05)  # two green panels, one red, none in the blank cell
+    assert _columns_of(px, (255, 0, 0)).max() < _columns_of(px, (0, 255, 0)).max()
+
+
 def test_save_grid_validates_shape(tmp_path):
     with pytest.raises(ValueError, match="row 0"):
         viz.save_grid(tmp_path / "g.png", [[_image()]], ["a", "b"])
@@ -134,11 +164,28 @@ def test_plot_per_class_with_nan(tmp_path):
     _png_ok(p)
 
 
+def test_plot_per_class_bar_lengths_follow_the_scores(tmp_path):
+    """Bar area is proportional to the score (same axis range, same number of classes); a NaN class has no
+    bar at all, where a wrong 0 fill would still draw none but a wrong 1 fill would draw a full one."""
+    def blue_area(scores):
+        path = tmp_path / f"bars_{len(list(tmp_path.iterdir()))}.png"
+        viz.plot_per_class(path, scores, "t")
+        return _count(_pixels(path), TAB_BLUE, tol=2)
+
+    quarter = blue_area({"a": 0.25, "b": 1.0})
+    full = blue_area({"a": 1.0, "b": 1.0})
+    missing = blue_area({"a": math.nan, "b": 1.0})
+    assert quarter == pytest.approx(0.625 * full, rel=0.05)  # (0.25 + 1) / 2
+    assert missing == pytest.approx(0.5 * full, rel=0.05)
+
+
 def test_plot_per_class_series(tmp_path):
     p = tmp_path / "cmp.png"
     series = {"CAM": {**PER_CLASS, "boat": 0.2}, "pseudo": PER_CLASS, "extra": {"cat": 0.5}}
     viz.plot_per_class(p, PER_CLASS, "CAM vs pseudo", series=series)
     _png_ok(p)
+    px = _pixels(p)  # one colour per run: both the CAM and the pseudo bars are drawn
+    assert _count(px, TAB_BLUE, tol=2) > 500 and _count(px, TAB_ORANGE, tol=2) > 500
 
 
 def test_plot_curve(tmp_path):
@@ -148,6 +195,15 @@ def test_plot_curve(tmp_path):
     ys[3] = np.nan
     viz.plot_curve(p, xs, ys, "bg threshold", "mIoU", "CAM sweep")
     _png_ok(p)
+    # the best point is marked where the maximum is: a peak at the right puts the red star further right
+    left, right = tmp_path / "left.png", tmp_path / "right.png"
+    viz.plot_curve(left, [0.1, 0.2, 0.3, 0.4, 0.5], [5, 1, 1, 1, 1], "x", "y", "t")
+    viz.plot_curve(right, [0.1, 0.2, 0.3, 0.4, 0.5], [1, 1, 1, 1, 5], "x", "y", "t")
+    star_left, star_right = _columns_of(_pixels(left), TAB_RED, 2), _columns_of(_pixels(right), TAB_RED, 2)
+    assert star_left.size and star_right.size
+    assert star_left.min() < star_right.min() - 100
+    viz.plot_curve(tmp_path / "plain.png", [0.1, 0.2], [1, 2], "x", "y", "t", best=False)
+    assert _count(_pixels(tmp_path / "plain.png"), TAB_RED, 2) == 0
     viz.plot_curve(tmp_path / "c2.png", [1, 2], [math.nan, math.nan], "x", "y", "all nan")
     _png_ok(tmp_path / "c2.png")
     with pytest.raises(ValueError):
