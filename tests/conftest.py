@@ -19,6 +19,7 @@ def tiny(tmp_path_factory) -> dict:
     ids = layout.ids("train")
     classes = list(demo.DEMO_CLASSES)
     return {
+        "layout": layout,
         "ids": ids,
         "image_paths": {i: layout.image_path(i) for i in ids},
         "mask_paths": {i: layout.mask_path(i) for i in ids},

@@ -8,10 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from locseg.data.voc import write_mask
-from locseg.evaluate import eval_cams, supervision_gap
+import torch
+from PIL import Image
+
+from locseg.data.voc import read_mask, write_mask
+from locseg.evaluate import eval_cams, evaluate_deeplab, evaluate_masks, supervision_gap
 from locseg.fsutil import write_json
+from locseg.models.deeplab import build_deeplab
 from locseg.store import StoreWriter
+from locseg.train import save_checkpoint
 
 NAMES = ["background", "a", "b"]
 
@@ -67,6 +72,100 @@ def test_eval_cams_id_missing_from_store(hand_store, tmp_path):
     with pytest.raises(ValueError, match="'z'"):
         eval_cams([store], gt, NAMES, "train", tmp_path / "c.json", tmp_path / "c.png", thresholds=[0.5])
     assert not (tmp_path / "c.json").exists()
+
+
+# ---------------------------------------------------------------- evaluate_masks (hand-computed)
+
+# Round 1 separates image x exactly at bg_score 0.45; round 2 spills class a over the whole first row.
+ROUND_1 = np.array([[[0.9, 0.5, 0.4, 0.1], [0.7, 0.2, 0.1, 0.0]]], np.float32)
+ROUND_2 = np.array([[[0.9, 0.9, 0.9, 0.9], [0.9, 0.1, 0.1, 0.1]]], np.float32)
+MASK_X = np.array([[1, 1, 1, 0], [0, 0, 0, 0]], np.uint8)  # the pseudo mask scored as "miou"
+
+
+def _images(tmp_path):
+    paths = {}
+    for image_id, hw in (("x", (2, 4)), ("y", (1, 2))):
+        paths[image_id] = tmp_path / f"{image_id}.jpg"
+        Image.fromarray(np.full((*hw, 3), 128, np.uint8)).save(paths[image_id])
+    return paths
+
+
+def _probs(tmp_path, configured_rounds, keep_rounds):
+    path = tmp_path / f"probs_{configured_rounds}_{keep_rounds}.h5"
+    with StoreWriter(path, "prob", NAMES, scales=[1.0], config={"reseg": {"rounds": configured_rounds}}) as w:
+        w.write("x", ROUND_2, [1], extra={"rounds": np.stack([ROUND_1, ROUND_2])} if keep_rounds else None)
+        w.write("y", np.zeros((0, 1, 2), np.float32), [],
+                extra={"rounds": np.zeros((2, 0, 1, 2), np.float32)} if keep_rounds else None)
+    return path
+
+
+def _evaluate_masks(hand_store, tmp_path, probs):
+    cams, gt = hand_store
+    masks = tmp_path / "masks"
+    masks.mkdir(exist_ok=True)
+    write_mask(masks / "x.png", MASK_X)
+    write_mask(masks / "y.png", np.zeros((1, 2), np.uint8))
+    out = tmp_path / "m.json", tmp_path / "m.png", tmp_path / "m_overlay.png"
+    result = evaluate_masks(masks, gt, _images(tmp_path), NAMES, "train", *out, prob_store_paths=[probs],
+                            cam_store_paths=[cams], bg_score=0.45, band=0.0)
+    return result, out
+
+
+def test_evaluate_masks_hand_computed_with_every_round(hand_store, tmp_path):
+    result, (out_json, out_plot, out_overlay) = _evaluate_masks(hand_store, tmp_path, _probs(tmp_path, 2, True))
+    # mask: a: TP 2, FP 1, FN 1 -> 2/4; background: x 4 of union 6, y 2 of 2 -> 6/8; b never present
+    assert result["miou"] == pytest.approx((0.5 + 0.75) / 2)
+    assert result["per_class"]["a"]["iou"] == pytest.approx(0.5)
+    assert result["per_class"]["background"]["iou"] == pytest.approx(0.75)
+    assert result["n_images"] == 2 and result["split"] == "train"
+    # round 1 exact (1.0); round 2: a TP 3 FP 2 -> 3/5, background 5 of 7
+    assert [r["round"] for r in result["rounds"]] == [1, 2]
+    assert result["rounds"][0]["miou"] == pytest.approx(1.0)
+    assert result["rounds"][1]["miou"] == pytest.approx((3 / 5 + 5 / 7) / 2)
+    assert json.loads(out_json.read_text())["miou"] == pytest.approx(0.625)
+    assert out_plot.is_file() and out_overlay.is_file()
+
+
+def test_evaluate_masks_numbers_the_only_stored_round_as_the_last(hand_store, tmp_path):
+    """keep_rounds off (the paper config): the store holds round 3's maps only, and it is round 3."""
+    result, _ = _evaluate_masks(hand_store, tmp_path, _probs(tmp_path, 3, False))
+    assert len(result["rounds"]) == 1
+    assert result["rounds"][0]["round"] == 3
+    assert result["rounds"][0]["miou"] == pytest.approx((3 / 5 + 5 / 7) / 2)  # ROUND_2's maps, scored
+
+
+# ---------------------------------------------------------------- evaluate_deeplab
+
+
+def test_evaluate_deeplab_scores_its_own_predictions(tmp_path):
+    """The JSON must agree with plain pixel counting over the prediction PNGs it wrote."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "dl.pt"
+    save_checkpoint(ckpt, build_deeplab(len(NAMES), "small"), "deeplab", {"class_names": NAMES, "backbone": "small"})
+    rng = np.random.default_rng(0)
+    images, gts = {}, {}
+    for n, hw in enumerate([(24, 32), (17, 21), (32, 16)]):
+        images[f"i{n}"] = tmp_path / f"i{n}.jpg"
+        Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8)).save(images[f"i{n}"])
+        gt = rng.integers(0, len(NAMES), hw).astype(np.uint8)
+        gt[0, :4] = 255
+        gts[f"i{n}"] = tmp_path / f"gt{n}.png"
+        write_mask(gts[f"i{n}"], gt)
+    preds = tmp_path / "pred"
+    result = evaluate_deeplab(ckpt, images, gts, NAMES, "val", tmp_path / "d.json", tmp_path / "d.png", preds,
+                              device="cpu")
+    inter, union = np.zeros(len(NAMES)), np.zeros(len(NAMES))
+    for image_id, gt_path in gts.items():
+        gt = read_mask(gt_path, len(NAMES))
+        pred = read_mask(preds / f"{image_id}.png", len(NAMES))
+        assert pred.shape == gt.shape
+        valid = gt != 255
+        for c in range(len(NAMES)):
+            inter[c] += ((pred == c) & (gt == c) & valid).sum()
+            union[c] += (((pred == c) | (gt == c)) & valid).sum()
+    assert result["miou"] == pytest.approx(float(np.mean(inter[union > 0] / union[union > 0])), abs=1e-12)
+    assert result["n_images"] == 3 and result["split"] == "val"
+    assert json.loads((tmp_path / "d.json").read_text())["miou"] == pytest.approx(result["miou"])
 
 
 def test_supervision_gap(tmp_path):

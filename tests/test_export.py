@@ -9,23 +9,21 @@ import pytest
 from PIL import Image
 
 from locseg.data import demo
-from locseg.data.voc import VocLayout, read_mask, voc_palette, write_mask
+from locseg.data.voc import read_mask, voc_palette, write_mask
 from locseg.export import LIST_FILE, check_index_png, export_deeplab_pytorch
 
 K = len(demo.DEMO_CLASSES)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "data"
-    demo.generate(out, seed=0, size="tiny")
-    layout = VocLayout(out / "voc")
-    ids = layout.ids("train")[:5]
-    return {"layout": layout, "ids": ids, "image_paths": {i: layout.image_path(i) for i in ids}}
+def five(tiny):
+    """The first five images of the shared tiny demo dataset."""
+    ids = tiny["ids"][:5]
+    return {"layout": tiny["layout"], "ids": ids, "image_paths": {i: tiny["image_paths"][i] for i in ids}}
 
 
-def test_export_layout(tiny, tmp_path):
-    layout, ids = tiny["layout"], tiny["ids"]
+def test_export_layout(five, tmp_path):
+    layout, ids = five["layout"], five["ids"]
     mask_dir = tmp_path / "masks"
     mask_dir.mkdir()
     for n, i in enumerate(ids):
@@ -35,7 +33,7 @@ def test_export_layout(tiny, tmp_path):
             mask[0, :3] = 255  # ignore survives
         write_mask(mask_dir / f"{i}.png", mask)  # palette PNGs in
     out = tmp_path / "dlp"
-    export_deeplab_pytorch(mask_dir, tiny["image_paths"], K, out)
+    export_deeplab_pytorch(mask_dir, five["image_paths"], K, out)
     assert not (tmp_path / "dlp.tmp").exists()
     lines = (out / LIST_FILE).read_text().splitlines()
     assert lines == [f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png" for i in ids]
@@ -48,33 +46,33 @@ def test_export_layout(tiny, tmp_path):
         np.testing.assert_array_equal(values, np.asarray(Image.open(mask_dir / f"{i}.png")))
         jpg = out / "JPEGImages" / f"{i}.jpg"
         assert jpg.is_symlink() and os.path.isabs(os.readlink(jpg))
-        assert jpg.resolve() == tiny["image_paths"][i].resolve()
-        assert jpg.read_bytes() == tiny["image_paths"][i].read_bytes()
+        assert jpg.resolve() == five["image_paths"][i].resolve()
+        assert jpg.read_bytes() == five["image_paths"][i].read_bytes()
     first = np.asarray(Image.open(out / "SegmentationClassAug" / f"{ids[0]}.png"))
     assert (first[0, :3] == 255).all()
 
 
-def test_export_refuses_rgb_mask(tiny, tmp_path):
-    ids = tiny["ids"]
+def test_export_refuses_rgb_mask(five, tmp_path):
+    ids = five["ids"]
     mask_dir = tmp_path / "masks"
     mask_dir.mkdir()
     for i in ids:
-        write_mask(mask_dir / f"{i}.png", read_mask(tiny["layout"].mask_path(i), K))
+        write_mask(mask_dir / f"{i}.png", read_mask(five["layout"].mask_path(i), K))
     bad = ids[2]
     rgb = Image.open(mask_dir / f"{bad}.png").convert("RGB")  # what an image editor might save
     rgb.save(mask_dir / f"{bad}.png")
     with pytest.raises(ValueError, match=f"{bad}.png"):
-        export_deeplab_pytorch(mask_dir, tiny["image_paths"], K, tmp_path / "dlp")
+        export_deeplab_pytorch(mask_dir, five["image_paths"], K, tmp_path / "dlp")
     assert not (tmp_path / "dlp").exists() and not (tmp_path / "dlp.tmp").exists()
 
 
-def test_export_refuses_out_of_range_mask(tiny, tmp_path):
+def test_export_refuses_out_of_range_mask(five, tmp_path):
     mask_dir = tmp_path / "masks"
     mask_dir.mkdir()
-    for i in tiny["ids"]:
+    for i in five["ids"]:
         write_mask(mask_dir / f"{i}.png", np.full((4, 4), K, np.uint8))
     with pytest.raises(ValueError, match=rf"masks/\w+\.png: mask values \[{K}\] outside 0\.\.{K - 1} and 255"):
-        export_deeplab_pytorch(mask_dir, tiny["image_paths"], K, tmp_path / "dlp")
+        export_deeplab_pytorch(mask_dir, five["image_paths"], K, tmp_path / "dlp")
     assert not (tmp_path / "dlp").exists()
 
 

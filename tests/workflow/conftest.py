@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 import yaml
 
@@ -29,7 +30,8 @@ def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: b
 
 
 def planned_jobs(workdir: Path, overrides: dict | None = None, *args: str) -> dict[str, int]:
-    """Rule -> job count of a dry run (parsed from Snakemake's 'Job stats' table)."""
+    """Rule -> job count of a dry run (parsed from Snakemake's 'Job stats' table). `args` (targets, flags)
+    go before `--quiet rules`, whose nargs would swallow a target."""
     proc = snakemake(workdir, *args, "-n", "--quiet", "rules", overrides=overrides)
     out = proc.stdout + proc.stderr
     jobs, in_table = {}, False
@@ -51,3 +53,14 @@ def tiny_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("tiny_run")
     snakemake(workdir)
     return workdir
+
+
+def stored_maps(workdir: Path, split: str, stage: str = "cams") -> dict[str, tuple]:
+    """image id -> (maps, classes) of every shard of one store stage, read with plain h5py."""
+    maps = {}
+    for path in sorted((workdir / f"results/{stage}/{split}").glob("*.h5")):
+        with h5py.File(path, "r") as f:
+            for image_id in f:
+                if not image_id.startswith("_"):
+                    maps[image_id] = (f[image_id]["maps"][()], f[image_id]["classes"][()])
+    return maps

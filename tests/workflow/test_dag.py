@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.workflow.conftest import planned_jobs, snakemake
+from tests.workflow.conftest import planned_jobs, snakemake, stored_maps
 
 pytestmark = pytest.mark.slow
 
@@ -127,22 +127,12 @@ def test_cam_scale_reruns_extraction_but_not_training(tiny_run):
     assert jobs["extract_cams"] == 4 and jobs["train_segmenter"] == 1 and jobs["resegment"] == 2
 
 
-def _all_maps(workdir, split):
-    maps = {}
-    for path in sorted((workdir / f"results/cams/{split}").glob("*.h5")):
-        with h5py.File(path, "r") as f:
-            for image_id in f:
-                if not image_id.startswith("_"):
-                    maps[image_id] = (f[image_id]["maps"][()], f[image_id]["classes"][()])
-    return maps
-
-
 def test_shard_count_does_not_change_the_maps(tiny_run, tmp_path):
     other = tmp_path / "resharded"
     shutil.copytree(tiny_run, other, symlinks=True)
     shutil.rmtree(other / "results/cams")
     snakemake(other, *[f"results/cams/train/{i:03d}.h5" for i in range(3)], overrides={"shards": 3})
-    two, three = _all_maps(tiny_run, "train"), _all_maps(other, "train")
+    two, three = stored_maps(tiny_run, "train"), stored_maps(other, "train")
     assert sorted(two) == sorted(three) == sorted(_ids(tiny_run, "train"))
     for image_id, (maps, classes) in two.items():
         np.testing.assert_array_equal(three[image_id][1], classes)

@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
 from locseg.data.demo import generate
-from tests.workflow.conftest import snakemake
+from tests.workflow.conftest import planned_jobs, snakemake, stored_maps
 
 pytestmark = [pytest.mark.slow]
 
@@ -66,32 +66,6 @@ def _write_npy(workdir, ids, out_dir, style):
     return saved
 
 
-def _stored_cams(workdir, split):
-    stored = {}
-    for path in sorted((workdir / f"results/cams/{split}").glob("*.h5")):
-        with h5py.File(path, "r") as f:
-            for image_id in f:
-                if not image_id.startswith("_"):
-                    stored[image_id] = (f[image_id]["maps"][()], f[image_id]["classes"][()])
-    return stored
-
-
-def _planned_jobs(workdir, overrides, target):
-    """Rule -> job count of a dry run for one target. (conftest.planned_jobs puts extra args after
-    `--quiet rules`, whose nargs would swallow a target, so the target goes first here.)"""
-    proc = snakemake(workdir, target, "-n", "--quiet", "rules", overrides=overrides)
-    jobs, in_table = {}, False
-    for line in (proc.stdout + proc.stderr).splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            in_table = True
-        elif in_table and len(parts) == 2 and parts[1].isdigit():
-            if parts[0] == "total":
-                break
-            jobs[parts[0]] = int(parts[1])
-    return jobs
-
-
 def _import(npy_dir, allow_pickle=True):
     return {"cam": {"source": "import", "import_dir": str(npy_dir), "allow_pickle": allow_pickle}}
 
@@ -103,13 +77,13 @@ def test_imported_cams_feed_the_dag(tmp_path, style):
     overrides = _import(tmp_path / "npy")
 
     # The pre-made demo data is used as it is: no demo_data job, and no CAMs extracted for train.
-    jobs = _planned_jobs(tmp_path, overrides, TARGET)
+    jobs = planned_jobs(tmp_path, overrides, TARGET)
     assert "demo_data" not in jobs, jobs
     assert jobs["extract_cams"] == 4 and jobs["train_cam"] == 1, jobs  # 2 shards x {train (import), coco}
 
     snakemake(tmp_path, TARGET, overrides=overrides)
 
-    stored = _stored_cams(tmp_path, "train")
+    stored = stored_maps(tmp_path, "train")
     assert sorted(stored) == sorted(ids)
     for image_id, (maps, classes) in saved.items():
         got_maps, got_classes = stored[image_id]
