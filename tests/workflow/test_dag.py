@@ -58,23 +58,71 @@ def test_pseudo_masks_are_palette_pngs_at_image_size(tiny_run):
         assert set(np.unique(mask).tolist()) <= {0, 1, 2, 3, 4, 255}
 
 
-def test_mask_metrics_match_an_independent_recomputation(tiny_run):
-    """mIoU recomputed with plain per-class set counting, not locseg.metrics."""
+def _gt(workdir, image_id):
+    return _load(workdir / f"results/demo/voc/SegmentationClass/{image_id}.png")[1]
+
+
+def _miou(pairs):
+    """mIoU by plain per-class set counting over (prediction, GT) pairs, GT 255 ignored; not locseg.metrics."""
     inter, union = np.zeros(len(CLASSES)), np.zeros(len(CLASSES))
-    for image_id in _ids(tiny_run, "train"):
-        _, pred = _load(tiny_run / f"results/masks/train/{image_id}.png")
-        _, gt = _load(tiny_run / f"results/demo/voc/SegmentationClass/{image_id}.png")
+    for pred, gt in pairs:
         valid = gt != 255
         for c in range(len(CLASSES)):
             p, g = (pred == c) & valid, (gt == c) & valid
             inter[c] += (p & g).sum()
             union[c] += (p | g).sum()
     present = union > 0
-    expected = float(np.mean(inter[present] / union[present]))
+    return float(np.mean(inter[present] / union[present]))
+
+
+def test_mask_metrics_match_an_independent_recomputation(tiny_run):
+    ids = _ids(tiny_run, "train")
+    expected = _miou((_load(tiny_run / f"results/masks/train/{i}.png")[1], _gt(tiny_run, i)) for i in ids)
     result = json.loads((tiny_run / "results/eval/masks_train.json").read_text())
-    assert result["split"] == "train" and result["n_images"] == len(_ids(tiny_run, "train"))
+    assert result["split"] == "train" and result["n_images"] == len(ids)
     assert result["miou"] == pytest.approx(expected, abs=1e-12)
     assert [r["round"] for r in result["rounds"]] == [1, 2]
+
+
+def test_cam_baseline_matches_an_independent_recomputation(tiny_run):
+    """At the reported threshold: background where no map exceeds it, else the class of the largest map."""
+    result = json.loads((tiny_run / "results/eval/cams_train.json").read_text())
+    t = result["best_threshold"]
+    assert result["miou"] == max(s["miou"] for s in result["sweep"])
+
+    def label(maps, classes):
+        if len(classes) == 0:
+            return np.zeros(maps.shape[1:], np.uint8)
+        return np.where(maps.max(0) > t, np.asarray(classes)[maps.argmax(0)], 0)
+
+    maps = stored_maps(tiny_run, "train")
+    expected = _miou((label(*maps[i]), _gt(tiny_run, i)) for i in _ids(tiny_run, "train"))
+    assert result["miou"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_deeplab_metrics_and_ratio_match_an_independent_recomputation(tiny_run):
+    scores = {}
+    for labels in ("pseudo", "gt"):
+        result = json.loads((tiny_run / f"results/eval/deeplab_{labels}_val.json").read_text())
+        preds = tiny_run / f"results/predictions/deeplab_{labels}/val"
+        ids = _ids(tiny_run, "val")
+        expected = _miou((_load(preds / f"{i}.png")[1], _gt(tiny_run, i)) for i in ids)
+        assert result["split"] == "val" and result["n_images"] == len(ids)
+        assert result["miou"] == pytest.approx(expected, abs=1e-12)
+        scores[labels] = expected
+    gap = json.loads((tiny_run / "results/eval/supervision_gap_val.json").read_text())
+    assert gap["ratio"] == pytest.approx(scores["pseudo"] / scores["gt"], abs=1e-12)
+
+
+def test_quality_floor_masks_beat_the_cam_baseline_and_all_background(tiny_run):
+    """Even the tiny run must show the method working: resegmented masks clearly above the CAM baseline
+    and above labelling every pixel background (training that does not train fails here)."""
+    ids = _ids(tiny_run, "train")
+    all_background = _miou((np.zeros_like(_gt(tiny_run, i)), _gt(tiny_run, i)) for i in ids)
+    cams = json.loads((tiny_run / "results/eval/cams_train.json").read_text())["miou"]
+    masks = json.loads((tiny_run / "results/eval/masks_train.json").read_text())["miou"]
+    assert masks > cams + 0.05, (masks, cams)
+    assert masks > all_background + 0.05, (masks, all_background)
 
 
 def test_store_files_follow_the_documented_layout(tiny_run):
