@@ -108,10 +108,9 @@ def _find_in_stores(paths: list[Path], image_id: str) -> Path | None:
 
 
 def cmd_show(args) -> int:
-    import numpy as np
-
     from locseg import viz
     from locseg.data.voc import read_image, read_mask
+    from locseg.overlays import cam_panel
     from locseg.sources import voc_layout
     from locseg.store import StoreReader
 
@@ -137,7 +136,7 @@ def cmd_show(args) -> int:
         with StoreReader(store, kind="cam") as r:
             maps, _ = r.read(image_id)
         titles.append("CAM (max over classes)")
-        panels.append(viz.heatmap(image, maps.max(0) if len(maps) else np.zeros(hw, np.float32)))
+        panels.append(cam_panel(image, maps))
     else:
         missing.append(f"CAM ({cam_dir}/*.h5)")
     add_mask("pseudo mask", results / "masks" / args.split / f"{image_id}.png")

@@ -6,13 +6,13 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
 
 from locseg import viz
 from locseg.data.voc import read_image, read_mask, write_mask
 from locseg.fsutil import atomic_path, read_json, write_json
+from locseg.masks import assemble_labels
 from locseg.metrics import ConfusionMatrix
-from locseg.reseg import assemble_labels
+from locseg.overlays import overlay_grid, sample_ids
 from locseg.retrain import load_deeplab, predict
 from locseg.store import ShardedStore
 from locseg.train import pick_device, progress
@@ -90,28 +90,11 @@ def evaluate_masks(mask_dir, gt_paths: dict[str, Path], image_paths: dict[str, P
         series = {f"CAM (t={base['best_threshold']:.2f})": {n: v["iou"] for n, v in base["per_class"].items()},
                   **series}
     viz.plot_per_class(out_plot, series["pseudo masks"], f"IoU per class on {split}", series=series)
-    sample = _sample(ids, n_overlay)
-    with ShardedStore(cam_store_paths, kind="cam", class_names=class_names) as cams:
-        rows = []
-        for image_id in sample:
-            image = read_image(image_paths[image_id])
-            maps, _ = cams.read(image_id)
-            cam = maps.max(0) if len(maps) else np.zeros(image.shape[:2], np.float32)
-            rows.append([image, viz.blend(image, read_mask(gt_paths[image_id], len(class_names))),
-                         viz.heatmap(image, cam),
-                         viz.blend(image, read_mask(mask_dir / f"{image_id}.png", len(class_names)))])
-    viz.save_grid(out_overlay, rows, ["image", "ground truth", "CAM (max over classes)", "pseudo mask"], sample)
+    overlay_grid(out_overlay, sample_ids(ids, n_overlay), image_paths, gt_paths, class_names,
+                 cam_stores=cam_store_paths, mask_dir=mask_dir)
     log.info("pseudo masks on %s: mIoU %.4f; per round %s", split, result["miou"],
              [round(r["miou"], 4) for r in per_round])
     return result
-
-
-def _sample(ids: list[str], n: int) -> list[str]:
-    """A fixed, evenly spread sample, so overlays show the same images run after run."""
-    if n >= len(ids):
-        return list(ids)
-    step = len(ids) / n
-    return [ids[int(i * step)] for i in range(n)]
 
 
 def evaluate_deeplab(checkpoint, image_paths: dict[str, Path], gt_paths: dict[str, Path], class_names: list[str],

@@ -9,12 +9,8 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def log_to(path: str | None):
+def log_to(path: str):
     """Redirect stderr (tqdm, warnings, tracebacks) and the `locseg` logger into `path` for the block."""
-    if path is None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        yield
-        return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", buffering=1) as f, contextlib.redirect_stderr(f):
         handler = logging.StreamHandler(f)

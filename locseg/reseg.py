@@ -1,4 +1,4 @@
-"""Segment: train the class-agnostic segmenter on external masks, resegment CAMs, assemble labels."""
+"""Segment: train the class-agnostic segmenter on external masks, then resegment CAMs round after round."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from torch.utils.data import Dataset
 
 from locseg.batching import BackgroundWriter, buckets, maybe_compile, prefetch, to_input
 from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment, normalize
-from locseg.data.voc import read_image, write_mask
-from locseg.fsutil import atomic_path
+from locseg.data.voc import read_image
 from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
 from locseg.train import (
@@ -250,32 +249,3 @@ def resegment(
                     writer.write(image_id, p[-1], classes, extra={"rounds": p} if keep else None)
                 bar.update(len(bucket))
         bar.close()
-
-
-def assemble_labels(maps: np.ndarray, classes, bg_score: float, band: float = 0.0) -> np.ndarray:
-    """Label map from per-class scores: argmax over a constant background score and the present
-    classes. Pixels whose best object score lies within `band` of the background score are unsure
-    and become 255, so a model trained on them ignores them. Also gives the CAM baseline (bg_score =
-    the background threshold)."""
-    k, h, w = maps.shape
-    if k == 0:
-        return np.zeros((h, w), np.uint8)
-    lut = np.array([0, *classes], np.uint8)
-    best = maps.max(0)
-    label = lut[np.where(best > bg_score, maps.argmax(0) + 1, 0)]
-    if band > 0:
-        label[np.abs(best - bg_score) < band] = IGNORE
-    return label
-
-
-def export_masks(prob_store_paths: list, class_names: list[str], out_dir, *, bg_score: float = 0.5,
-                 band: float = 0.0) -> int:
-    """One VOC-palette PNG per image; the directory appears whole or not at all."""
-    with atomic_path(out_dir) as tmp, ShardedStore(prob_store_paths, kind="prob", class_names=class_names) as probs:
-        tmp.mkdir()
-        for image_id in progress(probs.ids, desc="export_masks"):
-            maps, classes = probs.read(image_id)
-            write_mask(tmp / f"{image_id}.png", assemble_labels(maps, classes, bg_score, band))
-        n = len(probs)
-    log.info("wrote %d masks to %s", n, out_dir)
-    return n

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 
 from locseg import viz
-from locseg.data.demo import DEMO_CLASSES, generate
-from locseg.data.voc import read_split, write_mask
+from locseg.data.demo import DEMO_CLASSES
 from locseg.fsutil import write_json
-from locseg.report import benchmark_rows, fmt, overlay_grid, sample_ids, write_report
-from locseg.store import StoreWriter
+from locseg.report import benchmark_rows, fmt, write_report
 from locseg.train import config_hash
 
 CLASSES = list(DEMO_CLASSES)
@@ -118,29 +116,6 @@ def test_missing_plot_is_an_error(run_dir):
     with pytest.raises(FileNotFoundError, match="gone.png"):
         _write(run_dir)
     assert not (run_dir["res"] / "report.html").exists()
-
-
-def test_overlay_grid(tmp_path):
-    generate(tmp_path / "demo", seed=0, size="tiny")
-    voc = tmp_path / "demo" / "voc"
-    ids = read_split(voc / "ImageSets/Segmentation/val.txt")
-    image_paths = {i: voc / "JPEGImages" / f"{i}.jpg" for i in ids}
-    gt_paths = {i: voc / "SegmentationClass" / f"{i}.png" for i in ids}
-    pred = tmp_path / "pred"
-    from locseg.data.voc import read_mask
-
-    shown = sample_ids(ids, 2)
-    assert shown == [ids[0], ids[len(ids) // 2]]
-    for i in shown[:1]:  # the second image has no prediction: a blank cell, not an error
-        write_mask(pred / f"{i}.png", read_mask(gt_paths[i], len(CLASSES)))
-    gt = read_mask(gt_paths[shown[0]], len(CLASSES))
-    with StoreWriter(tmp_path / "cams.h5", "cam", CLASSES) as w:
-        w.write(shown[0], np.full((1, *gt.shape), 0.5), [1])
-    titles = overlay_grid(tmp_path / "grid.png", shown, image_paths, gt_paths, CLASSES,
-                          cam_stores=[tmp_path / "cams.h5"], mask_dir=pred, pred_dirs={"pseudo": pred})
-    assert titles == ["image", "ground truth", "CAM (max over classes)", "pseudo mask", "DeepLab (pseudo labels)"]
-    assert overlay_grid(tmp_path / "plain.png", shown, image_paths, gt_paths, CLASSES) == ["image", "ground truth"]
-    assert (tmp_path / "grid.png").stat().st_size > 0
 
 
 def test_skipped_images_are_listed(run_dir):

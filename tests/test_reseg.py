@@ -13,13 +13,12 @@ from locseg.cam import extract_cams, train_cam
 from locseg.data import demo
 from locseg.data.transforms import normalize
 from locseg.data.voc import image_size, read_mask
+from locseg.masks import export_masks
 from locseg.models.segmenter import Segmenter
 from locseg.reseg import (
     CueSet,
-    assemble_labels,
     degraded_cue,
     dice_bce_loss,
-    export_masks,
     load_segmenter,
     resegment,
     resegment_image,
@@ -31,56 +30,6 @@ CLASSES = list(demo.DEMO_CLASSES)
 K = len(CLASSES)
 CPU = torch.device("cpu")
 FAST = dict(crop=32, batch_size=4, epochs=1, device="cpu")
-
-
-# ---------------------------------------------------------------- assemble_labels (hand-computed)
-
-M2 = np.array(
-    [
-        [[0.9, 0.2, 0.5], [0.1, 0.6, 0.3]],  # class 2
-        [[0.1, 0.7, 0.5], [0.2, 0.4, 0.3]],  # class 4
-    ],
-    np.float32,
-)
-
-
-def test_assemble_labels_bg_half_and_class_mapping():
-    # best = [[.9 .7 .5] [.2 .6 .3]]; .5 is not > .5 -> background
-    got = assemble_labels(M2, [2, 4], bg_score=0.5)
-    np.testing.assert_array_equal(got, np.array([[2, 4, 0], [0, 2, 0]], np.uint8))
-    assert got.dtype == np.uint8 and got.shape == (2, 3)
-
-
-def test_assemble_labels_low_bg_and_ties():
-    # bg 0.25: (0,2) and (1,2) tie between the classes -> the first listed class wins; (1,0) .2 < .25 -> bg
-    got = assemble_labels(M2, [2, 4], bg_score=0.25)
-    np.testing.assert_array_equal(got, np.array([[2, 4, 2], [0, 2, 2]], np.uint8))
-    # order of the maps decides ties, not the class index
-    got = assemble_labels(M2[::-1].copy(), [4, 2], bg_score=0.25)
-    np.testing.assert_array_equal(got, np.array([[2, 4, 4], [0, 2, 4]], np.uint8))
-
-
-def test_assemble_labels_high_bg_all_background():
-    np.testing.assert_array_equal(assemble_labels(M2, [2, 4], bg_score=0.95), np.zeros((2, 3), np.uint8))
-
-
-def test_assemble_labels_band():
-    # |best - .5| = [[.4 .2 0] [.3 .1 .2]]; < .15 -> 255
-    got = assemble_labels(M2, [2, 4], bg_score=0.5, band=0.15)
-    np.testing.assert_array_equal(got, np.array([[2, 4, 255], [0, 255, 0]], np.uint8))
-    # band 0 leaves no 255
-    assert 255 not in assemble_labels(M2, [2, 4], bg_score=0.5, band=0.0)
-
-
-def test_assemble_labels_no_classes():
-    got = assemble_labels(np.zeros((0, 4, 5), np.float32), [], bg_score=0.0)
-    np.testing.assert_array_equal(got, np.zeros((4, 5), np.uint8))
-    assert got.dtype == np.uint8
-
-
-def test_assemble_labels_single_class():
-    m = np.array([[[0.1, 0.6], [0.51, 0.49]]], np.float32)
-    np.testing.assert_array_equal(assemble_labels(m, [3], 0.5), np.array([[0, 3], [3, 0]], np.uint8))
 
 
 # ---------------------------------------------------------------- degraded_cue

@@ -1,6 +1,6 @@
 """Rule export_deeplab_pytorch: pseudo masks in the layout deeplab-pytorch reads."""
 
-from locseg.export import export_deeplab_pytorch
+from locseg.masks import export_deeplab_pytorch
 from locseg.logs import log_to
 from locseg.sources import image_paths
 

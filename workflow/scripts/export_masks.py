@@ -1,7 +1,7 @@
 """Rule export_masks: label assembly into one palette PNG per image."""
 
 from locseg.logs import log_to
-from locseg.reseg import export_masks
+from locseg.masks import export_masks
 
 with log_to(snakemake.log[0]):
     export_masks(list(snakemake.input.probs), snakemake.config["classes"], snakemake.output.masks,

@@ -2,7 +2,8 @@
 
 from locseg.data.voc import read_split
 from locseg.logs import log_to
-from locseg.report import overlay_grid, sample_ids, write_report
+from locseg.overlays import overlay_grid, sample_ids
+from locseg.report import write_report
 from locseg.sources import gt_paths, image_paths
 
 with log_to(snakemake.log[0]):

@@ -1,21 +1,54 @@
-"""Pseudo masks in the layout deeplab-pytorch trains from.
+"""Pseudo masks: label assembly from per-class scores, the palette PNGs, and the deeplab-pytorch export.
 
 deeplab-pytorch reads labels with OpenCV as grayscale: a palette PNG would be turned into colour and
 then into luminance, giving wrong (mostly out-of-range) indices and, in practice, a background-only
-model. So labels are written as single-channel index PNGs and checked again after writing.
+model. So the export writes single-channel index PNGs and checks them again after writing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from locseg.data.voc import IGNORE, read_mask
+from locseg.data.voc import IGNORE, read_mask, write_mask
 from locseg.fsutil import atomic_path
+from locseg.store import ShardedStore
 from locseg.train import progress
+
+log = logging.getLogger("locseg.masks")
+
+def assemble_labels(maps: np.ndarray, classes, bg_score: float, band: float = 0.0) -> np.ndarray:
+    """Label map from per-class scores: argmax over a constant background score and the present
+    classes. Pixels whose best object score lies within `band` of the background score are unsure
+    and become 255, so a model trained on them ignores them. Also gives the CAM baseline (bg_score =
+    the background threshold)."""
+    k, h, w = maps.shape
+    if k == 0:
+        return np.zeros((h, w), np.uint8)
+    lut = np.array([0, *classes], np.uint8)
+    best = maps.max(0)
+    label = lut[np.where(best > bg_score, maps.argmax(0) + 1, 0)]
+    if band > 0:
+        label[np.abs(best - bg_score) < band] = IGNORE
+    return label
+
+
+def export_masks(prob_store_paths: list, class_names: list[str], out_dir, *, bg_score: float = 0.5,
+                 band: float = 0.0) -> int:
+    """One VOC-palette PNG per image; the directory appears whole or not at all."""
+    with atomic_path(out_dir) as tmp, ShardedStore(prob_store_paths, kind="prob", class_names=class_names) as probs:
+        tmp.mkdir()
+        for image_id in progress(probs.ids, desc="export_masks"):
+            maps, classes = probs.read(image_id)
+            write_mask(tmp / f"{image_id}.png", assemble_labels(maps, classes, bg_score, band))
+        n = len(probs)
+    log.info("wrote %d masks to %s", n, out_dir)
+    return n
+
 
 LIST_FILE = "ImageSets/SegmentationAug/train_aug.txt"
 
