@@ -58,7 +58,7 @@ def _ids_in_store(store: ShardedStore, gt_paths: dict[str, Path]) -> list[str]:
     return list(gt_paths)
 
 
-def evaluate_masks(mask_dir, gt_paths: dict[str, Path], image_paths: dict[str, Path], class_names: list[str],
+def evaluate_masks(mask_dir, image_paths: dict[str, Path], gt_paths: dict[str, Path], class_names: list[str],
                    split: str, out_json, out_plot, out_overlay, *, prob_store_paths: list,
                    cam_store_paths: list, bg_score: float, band: float, cam_baseline=None,
                    n_overlay: int = 8) -> dict:

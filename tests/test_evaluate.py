@@ -106,7 +106,7 @@ def _evaluate_masks(hand_store, tmp_path, probs):
     write_mask(masks / "x.png", MASK_X)
     write_mask(masks / "y.png", np.zeros((1, 2), np.uint8))
     out = tmp_path / "m.json", tmp_path / "m.png", tmp_path / "m_overlay.png"
-    result = evaluate_masks(masks, gt, _images(tmp_path), NAMES, "train", *out, prob_store_paths=[probs],
+    result = evaluate_masks(masks, _images(tmp_path), gt, NAMES, "train", *out, prob_store_paths=[probs],
                             cam_store_paths=[cams], bg_score=0.45, band=0.0)
     return result, out
 
