@@ -74,7 +74,7 @@ class CueSet(AugmentedSet):
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice (the seed's loss: insensitive to object size) + BCE (stable gradients), 255 ignored."""
+    """Soft Dice (the paper's loss: insensitive to object size) + BCE (stable gradients), 255 ignored."""
     valid = (target != IGNORE).float()
     t = (target == 1).float()
     logits = logits[:, 0].float()

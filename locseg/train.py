@@ -205,7 +205,7 @@ def fit(model: torch.nn.Module, data, loss_fn, *, device: torch.device, generato
 
 
 def _tensorboard(log_dir):
-    """Loss and LR per step for TensorBoard, as the seed logged them; optional (needs `tensorboard`)."""
+    """Loss and LR per step for TensorBoard, as the paper's code logged them; optional (needs `tensorboard`)."""
     if log_dir is None:
         return None
     try:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from locseg.data import demo
 from locseg.data.coco import CocoSplit
 from locseg.data.labels import labels_from_masks
 from locseg.data.voc import VocLayout
+
+
+CLASSES = list(demo.DEMO_CLASSES)  # the demo's class names, background first
+K = len(CLASSES)
+CPU = torch.device("cpu")
+FAST = dict(crop=32, batch_size=4, epochs=1, device="cpu")  # a training call that takes about a second
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +24,7 @@ def tiny(tmp_path_factory) -> dict:
     demo.generate(out, seed=0, size="tiny")
     layout = VocLayout(out / "voc")
     ids = layout.ids("train")
-    classes = list(demo.DEMO_CLASSES)
+    classes = CLASSES
     return {
         "layout": layout,
         "ids": ids,

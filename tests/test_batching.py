@@ -24,10 +24,8 @@ from locseg.models.segmenter import Segmenter
 from locseg.reseg import resegment, resegment_batch
 from locseg.store import StoreReader, StoreWriter, file_sha256
 from locseg.train import save_checkpoint
+from tests.conftest import CLASSES, CPU, K
 
-CLASSES = ["background", "ant", "bat", "cow", "elk"]
-K = len(CLASSES)
-CPU = torch.device("cpu")
 # Runs of equal sizes (buckets), size changes mid-batch, a lone size, a portrait/landscape pair.
 SIZES = [(40, 56)] * 3 + [(56, 40)] * 2 + [(40, 56)] * 5 + [(33, 47)] + [(56, 40)] * 2
 SCALES = (1.0, 0.5, 1.5)

@@ -8,16 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from locseg.cam import ClassificationSet, extract_cams, infer_cams, load_cam_net, train_cam
-from locseg.data import demo
 from locseg.data.transforms import normalize
 from locseg.data.voc import image_size
 from locseg.models.cam import CamNet
 from locseg.store import ShardedStore, StoreReader, file_sha256
-
-CLASSES = list(demo.DEMO_CLASSES)
-K = len(CLASSES)
-CPU = torch.device("cpu")
-FAST = dict(crop=32, batch_size=4, epochs=1, device="cpu")
+from tests.conftest import CLASSES, CPU, FAST, K
 
 
 @pytest.fixture(scope="module")

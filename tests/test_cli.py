@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 from locseg.cli import main
-from locseg.data.demo import DEMO_CLASSES, generate
+from locseg.data.demo import generate
 from locseg.data.voc import read_split, write_mask
 from locseg.store import StoreReader, StoreWriter
+from tests.conftest import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ["info", "show", "import-npy", "export-npy", "validate-dataset"]
-CLASSES = list(DEMO_CLASSES)
 
 
 @pytest.fixture(scope="module")

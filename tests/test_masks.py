@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from locseg.data import demo
 from locseg.data.voc import read_mask, voc_palette, write_mask
 from locseg.masks import LIST_FILE, assemble_labels, check_index_png, export_deeplab_pytorch
-
-K = len(demo.DEMO_CLASSES)
+from tests.conftest import K
 
 
 # ---------------------------------------------------------------- assemble_labels (hand-computed)
@@ -63,7 +61,6 @@ def test_assemble_labels_no_classes():
 def test_assemble_labels_single_class():
     m = np.array([[[0.1, 0.6], [0.51, 0.49]]], np.float32)
     np.testing.assert_array_equal(assemble_labels(m, [3], 0.5), np.array([[0, 3], [3, 0]], np.uint8))
-
 
 
 # ---------------------------------------------------------------- deeplab-pytorch export

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from locseg import viz
-from locseg.data.demo import DEMO_CLASSES, generate
+from locseg.data.demo import generate
 from locseg.data.voc import read_mask, read_split, write_mask
 from locseg.overlays import cam_panel, overlay_grid, sample_ids
 from locseg.store import StoreWriter
-
-CLASSES = list(DEMO_CLASSES)
+from tests.conftest import CLASSES
 
 
 def test_sample_ids_spread_evenly_and_keep_short_lists():

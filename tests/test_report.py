@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 
 from locseg import viz
-from locseg.data.demo import DEMO_CLASSES
 from locseg.fsutil import write_json
 from locseg.report import benchmark_rows, fmt, write_report
 from locseg.train import config_hash
-
-CLASSES = list(DEMO_CLASSES)
+from tests.conftest import CLASSES
 
 
 def _metrics(miou, split, n=12, ignored=0.0, **extra):

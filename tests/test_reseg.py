@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from locseg.cam import extract_cams, train_cam
-from locseg.data import demo
 from locseg.data.transforms import normalize
 from locseg.data.voc import image_size, read_mask
 from locseg.masks import export_masks
@@ -25,11 +24,7 @@ from locseg.reseg import (
     train_segmenter,
 )
 from locseg.store import ShardedStore, StoreReader
-
-CLASSES = list(demo.DEMO_CLASSES)
-K = len(CLASSES)
-CPU = torch.device("cpu")
-FAST = dict(crop=32, batch_size=4, epochs=1, device="cpu")
+from tests.conftest import CLASSES, CPU, FAST, K
 
 
 # ---------------------------------------------------------------- degraded_cue

@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from locseg.data import demo
 from locseg.data.voc import read_image, write_mask
 from locseg.models.deeplab import build_deeplab
 from locseg.retrain import MaskSet, load_deeplab, predict, train_deeplab
-
-CLASSES = list(demo.DEMO_CLASSES)
-K = len(CLASSES)
-CPU = torch.device("cpu")
-FAST = dict(crop=32, batch_size=4, epochs=1, device="cpu")
+from tests.conftest import CLASSES, CPU, FAST, K
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from locseg.models.backbones import build_backbone
 
 
 class Segmenter(nn.Module):
-    """The cue enters twice, as in the seed: as a fourth input channel and again in front of the
+    """The cue enters twice, as in the paper's code: as a fourth input channel and again in front of the
     ASPP (and of the decoder), so deep layers still see where the object is after striding.
     It never sees a class id: the same weights serve every class."""
 

@@ -11,10 +11,9 @@ import pytest
 from PIL import Image
 
 from tests.workflow.conftest import planned_jobs, snakemake, stored_maps
+from tests.conftest import CLASSES
 
 pytestmark = pytest.mark.slow
-
-CLASSES = ["background", "ant", "bat", "cow", "elk"]
 
 
 def _ids(workdir, split):
