@@ -1,4 +1,4 @@
-"""Segmentation scores from an accumulated confusion matrix (DESIGN.md, "Metrics JSON").
+"""Segmentation scores from an accumulated confusion matrix (docs/formats.md, "Metrics JSON").
 
 Follows the deeplab-pytorch ``scores()`` convention, extended with one extra
 prediction column for 255 so that pixels a pseudo-label leaves unlabelled count
@@ -73,7 +73,7 @@ class ConfusionMatrix:
         return self
 
     def scores(self, class_names: list[str]) -> dict:
-        """The DESIGN.md metrics dict, less "split" and "n_images" (the caller knows those).
+        """The metrics dict of docs/formats.md, less "split" and "n_images" (the caller knows those).
 
         All numbers are plain Python int/float so the dict goes straight to json.dumps;
         undefined scores are NaN rather than 0 so they cannot drag a mean down.

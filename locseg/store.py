@@ -1,6 +1,6 @@
 """HDF5 CAM / probability store: the one format passed between pipeline stages.
 
-Layout (see DESIGN.md, "Formats"):
+Layout (docs/formats.md, "CAM / probability store"):
 
     /                     attrs: format="locseg.store", version=1, kind="cam"|"prob", class_names,
                                  scales, model_sha256, config (JSON string)
