@@ -6,6 +6,7 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/weights.smk"
 include: "workflow/rules/cam.smk"
 include: "workflow/rules/segmenter.smk"
 include: "workflow/rules/masks.smk"

@@ -16,6 +16,7 @@ from locseg.data.voc import read_image
 from locseg.models.cam import CamNet
 from locseg.store import StoreWriter, file_sha256
 from locseg.train import (
+from locseg.weights import describe_init, warn_if_scratch
     autocast,
     fit,
     load_checkpoint,
@@ -79,9 +80,11 @@ def train_cam(
     gen = seed_everything(seed)
     dev = pick_device(device)
     data = ClassificationSet(image_paths, labels, len(class_names), crop, scale_range, seed)
+    warn_if_scratch("train_cam", backbone, weights)
     model = prepare_model(CamNet(len(class_names) - 1, backbone, output_stride, weights), dev)
     losses = fit(model, data, _bce, device=dev, generator=gen, desc="train_cam", **fit_options)
-    summary = {"class_names": list(class_names), "backbone": backbone, "output_stride": output_stride,
+    summary = {"class_names": list(class_names), "backbone": backbone,
+               "init": describe_init(backbone, weights), "output_stride": output_stride,
                "epochs": len(losses), "images": len(data), "loss_per_epoch": losses, "seed": seed,
                **(meta or {})}
     save_checkpoint(out_path, model, "cam", summary)

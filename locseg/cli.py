@@ -1,4 +1,4 @@
-"""`locseg`: look into stores, look at one image, convert IRN/SEAM CAMs, check a dataset before a run.
+"""`locseg`: look into stores, look at one image, convert IRN/SEAM CAMs, check a dataset or a machine before a run.
 
 Expected failures (a missing file, a bad store, a wrong id) end with one line on stderr and exit code 1;
 usage errors exit 2 (argparse). Tracebacks are kept for real bugs.
@@ -215,6 +215,17 @@ def cmd_validate_dataset(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- doctor
+
+
+def cmd_doctor(args) -> int:
+    from locseg.doctor import FAIL, diagnose, render
+
+    findings = diagnose(args.configfile, schema_path())
+    print(render(findings))
+    return 1 if any(level == FAIL for level, _ in findings) else 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -273,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--coco-annotations", metavar="JSON", help="COCO instances file to check")
     s.add_argument("--coco-images", metavar="DIR", help="directory of the COCO images")
     s.set_defaults(func=cmd_validate_dataset)
+
+    s = sub.add_parser("doctor", help="pre-flight: torch, GPUs, weights cache, dataset, free disk",
+                       description="Checks a machine and a config before a long run, one line per finding "
+                                   "(ok / warn / FAIL). Exit 1 if anything would stop the run.")
+    s.add_argument("--configfile", default=DEFAULT_CONFIG, help="config to check (default: %(default)s)")
+    s.set_defaults(func=cmd_doctor)
     return p
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from locseg.weights import IMAGENET, IMAGENET_BACKBONES
+
 
 class ConfigError(ValueError):
     pass
@@ -34,18 +36,22 @@ def _where(error) -> str:
 
 def validate_config(config: dict, schema_path) -> dict:
     """Validate in place (defaults filled) and return config; raise ConfigError naming every bad key."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    problems = [f"{_where(e)}: {e.message}" for e in errors]
-    if not problems:
-        problems = _semantic_problems(config)
+    problems = schema_problems(config, schema_path) or semantic_problems(config)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     return config
 
 
-def _semantic_problems(config: dict) -> list[str]:
+def schema_problems(config: dict, schema_path) -> list[str]:
+    """JSON-schema errors, one line each; fills defaults into `config` in place."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"{_where(e)}: {e.message}" for e in errors]
+
+
+def semantic_problems(config: dict) -> list[str]:
+    """What a schema cannot say (paths that must exist, names that must agree); needs a schema-valid config."""
     problems = []
     classes = config["classes"]
     if classes[0] != "background":
@@ -60,6 +66,12 @@ def _semantic_problems(config: dict) -> list[str]:
     cam = config["cam"]
     if cam["source"] == "weights" and not cam["weights"]:
         problems.append("cam.weights: cam.source 'weights' needs a weights file")
+    for stage in ("cam", "segmenter", "deeplab"):
+        backbone = config[stage]["backbone"]
+        if config[stage]["weights"] == IMAGENET and backbone not in IMAGENET_BACKBONES:
+            problems.append(f"{stage}.weights: 'imagenet' exists for {', '.join(IMAGENET_BACKBONES)}, not {backbone!r}")
+    if cam["source"] == "weights" and cam["weights"] == IMAGENET:
+        problems.append("cam.weights: cam.source 'weights' needs a trained CAM checkpoint file, not 'imagenet'")
     if cam["source"] == "import":
         if not cam["import_dir"]:
             problems.append("cam.import_dir: cam.source 'import' needs a directory of .npy CAMs")
@@ -108,7 +120,7 @@ def _missing_paths(config: dict) -> list[str]:
     if ds["labels_file"]:
         checks["dataset.labels_file"] = Path(ds["labels_file"])
     for stage in ("cam", "segmenter", "deeplab"):
-        if config[stage]["weights"]:
+        if config[stage]["weights"] and config[stage]["weights"] != IMAGENET:
             checks[f"{stage}.weights"] = Path(config[stage]["weights"])
     return [f"{key}: path {path} does not exist" for key, path in checks.items() if not path.exists()]
 

@@ -16,6 +16,7 @@ from locseg.data.voc import read_image
 from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
 from locseg.train import (
+from locseg.weights import describe_init, warn_if_scratch
     autocast,
     fit,
     load_checkpoint,
@@ -113,12 +114,14 @@ def train_segmenter(
     dev = pick_device(device)
     cams = ShardedStore(cam_store_paths, kind="cam", class_names=class_names) if cam_store_paths else None
     data = CueSet(coco, cams, crop, scale_range, seed)
+    warn_if_scratch("train_segmenter", backbone, weights)
     model = prepare_model(Segmenter(backbone, output_stride, weights, width), dev)
     log.info("segmenter samples: (image, class) pairs from %d external images", len(coco.ids))
     losses = fit(model, data, _segmenter_loss, device=dev, generator=gen, desc="train_segmenter", **fit_options)
     if cams is not None:
         cams.close()
-    summary = {"class_names": list(class_names), "backbone": backbone, "output_stride": output_stride,
+    summary = {"class_names": list(class_names), "backbone": backbone,
+               "init": describe_init(backbone, weights), "output_stride": output_stride,
                "width": width, "cue": "cam" if cam_store_paths else "degraded_gt", "samples": len(data),
                "epochs": len(losses), "loss_per_epoch": losses, "seed": seed, **(meta or {})}
     save_checkpoint(out_path, model, "segmenter", summary)

@@ -13,6 +13,7 @@ from locseg.data.transforms import AugmentedSet, joint_augment, normalize
 from locseg.data.voc import read_image, read_mask
 from locseg.models.deeplab import build_deeplab
 from locseg.train import (
+from locseg.weights import describe_init, warn_if_scratch
     autocast,
     fit,
     load_checkpoint,
@@ -74,9 +75,11 @@ def train_deeplab(
     if missing:
         raise FileNotFoundError(f"{len(missing)} label masks missing, e.g. {mask_paths[missing[0]]}")
     data = MaskSet(image_paths, mask_paths, len(class_names), crop, scale_range, seed)
+    warn_if_scratch("train_deeplab", backbone, weights)
     model = prepare_model(build_deeplab(len(class_names), backbone, weights), dev)
     losses = fit(model, data, _cross_entropy, device=dev, generator=gen, desc="train_deeplab", **fit_options)
-    summary = {"class_names": list(class_names), "backbone": backbone, "images": len(data),
+    summary = {"class_names": list(class_names), "backbone": backbone,
+               "init": describe_init(backbone, weights), "images": len(data),
                "epochs": len(losses), "loss_per_epoch": losses, "seed": seed, **(meta or {})}
     save_checkpoint(out_path, model, "deeplab", summary)
     return summary

@@ -1,7 +1,8 @@
 """Feature extractors shared by the CAM net, the segmenter and DeepLab.
 
 Every backbone returns {"low": stride-4 features, "out": final features}, so heads never need to know
-which backbone they sit on. Weights come only from a file path: nothing is downloaded.
+which backbone they sit on. Weights come from a file path or `imagenet` (torch's cache, see locseg.weights):
+nothing is downloaded here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from locseg.models.resnet38 import ResNet38
 from locseg.train import load_weights_file
+from locseg.weights import resolve
 
 RESNETS = {"resnet18": resnet.resnet18, "resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
 SMALL_WIDTHS = (16, 32, 64, 128)
@@ -87,7 +89,7 @@ def _dilate_basic_blocks(net, dilate) -> None:
 
 def build_backbone(name: str, in_channels: int = 3, output_stride: int = 16, weights: str | None = None,
                    small_dilation: int = 2):
-    """Config name -> backbone module, optionally initialised from an RGB state dict file.
+    """Config name -> backbone module, optionally initialised from an RGB state dict (a file or `imagenet`).
 
     With extra input channels (the segmenter's CAM cue) the RGB filters of the first conv are kept and
     the extra channels start at zero, so pretrained features are undisturbed at the start of training.
@@ -103,7 +105,8 @@ def build_backbone(name: str, in_channels: int = 3, output_stride: int = 16, wei
     else:
         raise ValueError(f"unknown backbone {name!r}; choose small, resnet38_seam, {', '.join(RESNETS)}")
     if weights:
-        _load_rgb_weights(model, load_weights_file(weights, f"{name} backbone"), weights)
+        path = resolve(weights, name)
+        _load_rgb_weights(model, load_weights_file(path, f"{name} backbone"), path)
     return model
 
 

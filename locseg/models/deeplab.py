@@ -8,6 +8,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 
 from locseg.models.backbones import SmallBackbone, _load_rgb_weights
 from locseg.train import load_weights_file
+from locseg.weights import resolve
 
 RESNET_DEEPLABS = {"resnet50": deeplabv3_resnet50, "resnet101": deeplabv3_resnet101}
 
@@ -24,10 +25,11 @@ class _OutOnly(nn.Module):
 
 
 def build_deeplab(num_classes: int, backbone: str = "small", weights: str | None = None) -> DeepLabV3:
-    """`weights` is an optional backbone state dict file (ImageNet ResNet); nothing is downloaded."""
+    """`weights` is an optional backbone state dict: a file, or `imagenet` (torch's cache; never downloaded)."""
     if backbone in RESNET_DEEPLABS:
         model = RESNET_DEEPLABS[backbone](weights=None, weights_backbone=None, num_classes=num_classes)
         if weights:
+            weights = resolve(weights, backbone)
             state = load_weights_file(weights, f"{backbone} backbone")
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             missing, unexpected = model.backbone.load_state_dict(state, strict=False)
@@ -38,6 +40,7 @@ def build_deeplab(num_classes: int, backbone: str = "small", weights: str | None
         raise ValueError(f"unknown DeepLab backbone {backbone!r}; choose small, {', '.join(RESNET_DEEPLABS)}")
     trunk = SmallBackbone(3)
     if weights:
+        weights = resolve(weights, "small")
         _load_rgb_weights(trunk, load_weights_file(weights, "small backbone"), weights)
     width = 64
     head = nn.Sequential(

@@ -5,6 +5,7 @@ from pathlib import Path
 from locseg.config import ConfigError, validate_config
 from locseg.shards import shard_names
 from locseg.sources import EXTERNAL, validated_split_file
+from locseg.weights import IMAGENET
 
 
 try:
@@ -41,8 +42,11 @@ def pick(section, *keys):
 
 
 def weights_input(section):
-    """A pretrained weights file is an input, so replacing it reruns the stage."""
+    """A pretrained weights file is an input, so replacing it reruns the stage; `imagenet` waits for
+    fetch_weights, so a missing cache stops the run before any training job."""
     weights = config[section]["weights"]
+    if weights == IMAGENET:
+        return [f"{RESULTS}/weights/{config[section]['backbone']}.json"]
     return [weights] if weights else []
 
 
