@@ -85,6 +85,23 @@ def result_rows(cams: dict, masks: dict, deeplab: dict[str, dict], gap: dict) ->
     return rows
 
 
+def model_rows(config: dict) -> list[dict]:
+    """How each trained model's backbone started: a ResNet "trained from scratch" explains a low figure."""
+    from locseg.weights import describe_init
+
+    rows = []
+    for stage, what in (("cam", "CAM classifier"), ("segmenter", "segmenter"),
+                        ("deeplab", "DeepLab (pseudo and GT labels)")):
+        section = config.get(stage, {})
+        if "backbone" not in section:
+            continue
+        init = describe_init(section["backbone"], section.get("weights"))
+        if stage == "cam" and section.get("source") == "weights":
+            init = f"released weights {section['weights']}, not trained"
+        rows.append({"model": what, "backbone": section["backbone"], "init": init})
+    return rows
+
+
 def benchmark_rows(benchmarks_dir) -> list[dict]:
     """Per rule: jobs, total and longest wall time (the `s` column of Snakemake's benchmark TSVs)."""
     root = Path(benchmarks_dir)
@@ -148,6 +165,7 @@ def _md_table(headers: list[str], keys: list[str], rows: list[dict]) -> str:
 
 _RESULT_COLS = (["figure", "split", "mIoU (%)", "ignored GT area (%)", "images", "note"],
                 ["what", "split", "miou", "ignored", "images", "note"])
+_MODEL_COLS = (["model", "backbone", "initialisation"], ["model", "backbone", "init"])
 _BENCH_COLS = (["rule", "jobs", "total (s)", "longest job (s)"], ["rule", "jobs", "total_s", "max_s"])
 
 
@@ -180,6 +198,7 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
         if not p.is_file():
             raise FileNotFoundError(f"{p}: plot for the report not found")
     results = result_rows(cams, masks, deeplab, gap)
+    models = model_rows(config)
     checks = _validation_lines(validation_json)
     bench = benchmark_rows(benchmarks_dir)
     chash = config_hash(config)
@@ -196,6 +215,7 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
              "<h2>Numbers</h2>", _html_table(*_RESULT_COLS, results, numeric={"miou", "ignored", "images"}),
              "<p class=\"muted\">mIoU: mean over classes present in GT or prediction; GT 255 is not scored; "
              "a predicted 255 is a miss, and the ignored column is the share of GT area predicted as 255.</p>",
+             "<h2>Models</h2>", _html_table(*_MODEL_COLS, models),
              "<h2>Dataset checks</h2>", "<ul>" + "".join(f"<li>{e(x)}</li>" for x in checks) + "</ul>",
              "<h2>Figures</h2>"]
     for caption, p in plots.items():
@@ -210,6 +230,7 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
 
     md_dir = md_path.parent
     md = [f"# {title}", "", headline, "", "## Numbers", "", _md_table(*_RESULT_COLS, results), "",
+          "## Models", "", _md_table(*_MODEL_COLS, models), "",
           "## Dataset checks", "", *[f"- {x}" for x in checks], "", "## Figures", ""]
     for caption, p in plots.items():
         rel = Path(os.path.relpath(p.resolve(), md_dir.resolve())).as_posix()
@@ -222,4 +243,4 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
         tmp.write_text("\n".join(parts), encoding="utf-8")
     with atomic_path(md_path) as tmp:
         tmp.write_text("\n".join(md), encoding="utf-8")
-    return {"results": results, "benchmarks": bench, "config_hash": chash, "versions": vers}
+    return {"results": results, "models": models, "benchmarks": bench, "config_hash": chash, "versions": vers}

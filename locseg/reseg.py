@@ -16,7 +16,6 @@ from locseg.data.voc import read_image
 from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
 from locseg.train import (
-from locseg.weights import describe_init, warn_if_scratch
     autocast,
     fit,
     load_checkpoint,
@@ -26,6 +25,7 @@ from locseg.weights import describe_init, warn_if_scratch
     save_checkpoint,
     seed_everything,
 )
+from locseg.weights import describe_init, warn_if_scratch
 
 log = logging.getLogger("locseg.reseg")
 IGNORE = 255

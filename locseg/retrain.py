@@ -13,7 +13,6 @@ from locseg.data.transforms import AugmentedSet, joint_augment, normalize
 from locseg.data.voc import read_image, read_mask
 from locseg.models.deeplab import build_deeplab
 from locseg.train import (
-from locseg.weights import describe_init, warn_if_scratch
     autocast,
     fit,
     load_checkpoint,
@@ -22,6 +21,7 @@ from locseg.weights import describe_init, warn_if_scratch
     save_checkpoint,
     seed_everything,
 )
+from locseg.weights import describe_init, warn_if_scratch
 
 log = logging.getLogger("locseg.retrain")
 IGNORE = 255

@@ -34,3 +34,35 @@ def tiny(tmp_path_factory) -> dict:
         "coco": CocoSplit(out / "coco/annotations/instances_train.json", out / "coco/images",
                           demo.DEMO_COCO_CATEGORY_MAP, classes),
     }
+
+
+PLANT_SCALE = 10.0  # planted conv weights are torchvision's init x 10: no random init looks like them
+
+
+def planted_imagenet_state(backbone: str) -> dict:
+    """A state dict of `backbone`'s ImageNet weights' shapes (fc included), recognisable after training: BN
+    follows every conv, so scaling the conv weights changes nothing a network computes, only their size."""
+    import torch
+    from torchvision.models import resnet
+
+    torch.manual_seed(123)
+    state = getattr(resnet, backbone)().state_dict()
+    return {k: v * PLANT_SCALE if v.ndim == 4 else v for k, v in state.items()}
+
+
+@pytest.fixture(scope="session")
+def imagenet_home(tmp_path_factory):
+    """A TORCH_HOME whose cache holds planted 'ImageNet' weights of every ResNet under torchvision's file
+    names (nothing is downloaded). Returns (TORCH_HOME, {backbone: planted state dict})."""
+    import torch
+
+    from locseg.weights import IMAGENET_BACKBONES, imagenet_weights
+
+    home = tmp_path_factory.mktemp("torch_home")
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    planted = {}
+    for backbone in IMAGENET_BACKBONES:
+        planted[backbone] = planted_imagenet_state(backbone)
+        torch.save(planted[backbone], checkpoints / imagenet_weights(backbone).url.rsplit("/", 1)[-1])
+    return home, planted

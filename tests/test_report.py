@@ -129,3 +129,15 @@ def test_skipped_images_are_listed(run_dir):
         text = (run_dir["res"] / name).read_text()
         assert "train: 2 skipped: img_7, img_9" in text and "train: 10 images used" in text
         assert "x.jpg: file not found" in text and "coco: 0 skipped" not in text
+
+
+def test_models_say_how_they_started(run_dir):
+    run_dir["config"].update(cam={"backbone": "resnet50", "weights": "imagenet"},
+                             segmenter={"backbone": "resnet101", "weights": None},
+                             deeplab={"backbone": "small", "weights": None})
+    out = _write(run_dir)
+    assert [r["init"] for r in out["models"]] == ["ImageNet (resnet50 IMAGENET1K_V1, torchvision)",
+                                                  "trained from scratch", "random initialisation (demo backbone)"]
+    md = (run_dir["res"] / "report.md").read_text()
+    assert "| segmenter | resnet101 | trained from scratch |" in md
+    assert "<td>segmenter</td><td>resnet101</td><td>trained from scratch</td>" in (run_dir["res"] / "report.html").read_text()

@@ -9,6 +9,7 @@ overridden: splits, class list, category map, thresholds and the rest come from 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,24 +105,30 @@ def _overrides(root: Path) -> dict:
     }
 
 
-def _snakemake(workdir: Path, *args: str, configs: list[Path], check: bool = True):
+def _snakemake(workdir: Path, *args: str, configs: list[Path], check: bool = True, env: dict | None = None):
     # --configfile takes every following word: targets and flags must come before it.
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2", *args,
            "--configfile", *map(str, configs)]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False,
+                          env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 
 @pytest.fixture(scope="module")
-def paper_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("paper_setting")
-    splits = _build_tree(root / "data")
-    workdir = root / "work"
-    workdir.mkdir()
+def paper_data(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
+    """The tiny real-names tree, built once for this module (runs only read it)."""
+    root = tmp_path_factory.mktemp("paper_data")
+    return root, _build_tree(root)
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory, paper_data):
+    data, splits = paper_data
+    workdir = tmp_path_factory.mktemp("paper_setting")
     override = workdir / "small_models.yaml"
-    override.write_text(yaml.safe_dump(_overrides(root / "data")))
+    override.write_text(yaml.safe_dump(_overrides(data)))
     # The real config is the only base: the Snakefile's own configfile (config/config.yaml, resolved
     # against the working directory) does not exist here, so nothing of the demo config leaks in.
     assert not (workdir / "config").exists()
@@ -181,3 +188,70 @@ def test_metrics_use_the_21_voc_classes(paper_run):
         per_class = _json(workdir, rel)["per_class"]
         assert len(per_class) == 21 and set(per_class) == set(VOC_CLASSES), rel
     assert len(VOC_CLASSES) == 21
+
+
+# --------------------------------------------------------------------------- weights: imagenet
+
+# Any download goes to a closed local port: a test that tried to reach the internet fails instead.
+OFFLINE = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "no_proxy": "",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+MODELS = ["results/models/cam.pt", "results/models/segmenter.pt", "results/models/deeplab_gt.pt"]
+
+
+def _resnet_overrides(root: Path) -> dict:
+    """The paper's backbones, weights and optimisers; only crops, batches, epochs and widths shrink."""
+    small = _overrides(root)
+    for stage in ("cam", "segmenter", "deeplab"):
+        small[stage] = {k: v for k, v in small[stage].items() if k not in ("backbone", "weights", "optimizer", "lr")}
+        small[stage]["epochs"] = 1
+    return small
+
+
+def _run_models(workdir: Path, data: Path, torch_home: Path, check: bool = True):
+    override = workdir / "resnet_models.yaml"
+    override.write_text(yaml.safe_dump(_resnet_overrides(data)))
+    return _snakemake(workdir, *MODELS, configs=[REPO / "config/voc12_coco.yaml", override], check=check,
+                      env={"TORCH_HOME": str(torch_home), **OFFLINE})
+
+
+@pytest.fixture(scope="module")
+def imagenet_run(tmp_path_factory, paper_data, imagenet_home):
+    workdir = tmp_path_factory.mktemp("paper_imagenet")
+    _run_models(workdir, paper_data[0], imagenet_home[0])
+    return workdir, imagenet_home
+
+
+def test_paper_config_asks_for_imagenet():
+    config = yaml.safe_load((REPO / "config/voc12_coco.yaml").read_text())
+    assert {s: config[s]["weights"] for s in ("cam", "segmenter", "deeplab")} == dict.fromkeys(
+        ("cam", "segmenter", "deeplab"), "imagenet")
+
+
+@pytest.mark.parametrize("model, prefix, backbone", [("cam", "backbone.body.", "resnet50"),
+                                                     ("segmenter", "encoder.body.", "resnet101"),
+                                                     ("deeplab_gt", "backbone.", "resnet101")])
+def test_checkpoints_start_from_the_cached_imagenet_weights(imagenet_run, model, prefix, backbone):
+    import torch
+
+    workdir, (home, planted) = imagenet_run
+    payload = torch.load(workdir / f"results/models/{model}.pt", weights_only=True)
+    assert payload["meta"]["init"] == f"ImageNet ({backbone} IMAGENET1K_V1, torchvision)"
+    for key in ("layer1.0.conv1.weight", "layer3.5.conv2.weight", "layer4.2.conv3.weight"):
+        want = planted[backbone][key]
+        # planted conv weights are 10x any random init: a model trained from scratch is ~0.9 of their size away
+        drift = (payload["state_dict"][prefix + key] - want).abs().mean()
+        assert drift < 0.05 * want.abs().mean(), f"{model}: {key} did not start from the cached weights"
+    note = json.loads((workdir / f"results/weights/{backbone}.json").read_text())
+    assert Path(note["path"]).parent == home / "hub" / "checkpoints"  # fetch_weights found it, fetched nothing
+
+
+def test_missing_cache_offline_stops_before_training(tmp_path, paper_data):
+    home = tmp_path / "empty_torch_home"
+    proc = _run_models(tmp_path, paper_data[0], home, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    path = home / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    assert "resnet50-0676ba61.pth: ImageNet weights of resnet50 are not in the torch cache" in out
+    assert f"place it at {path}" in out, out[-3000:]
+    assert not list(tmp_path.glob("results/logs/train_*")), "a training job started without its weights"
+    assert not list(tmp_path.glob("results/models/*"))

@@ -1,0 +1,116 @@
+"""`weights: imagenet`: torchvision's file names in torch's cache, loaded into every ResNet model; a missing
+file is one error naming the file and where to put it; fetch never downloads what is there. No network."""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+
+import pytest
+import torch
+
+from locseg import weights
+from locseg.cam import train_cam
+from locseg.models.backbones import build_backbone
+from locseg.models.deeplab import build_deeplab
+from locseg.models.segmenter import Segmenter
+from locseg.train import load_checkpoint
+
+
+@pytest.fixture
+def cached(imagenet_home, monkeypatch):
+    home, planted = imagenet_home
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return planted
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any download attempt fails as it would without internet (and is counted)."""
+    calls = []
+
+    def refuse(url, *args, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    return calls
+
+
+def test_file_names_are_torchvisions(empty_cache):
+    assert weights.imagenet_file("resnet50") == empty_cache / "resnet50-0676ba61.pth"
+    assert weights.imagenet_file("resnet101").name == "resnet101-63fe2227.pth"
+    with pytest.raises(ValueError, match="'small'"):
+        weights.imagenet_file("small")
+
+
+def test_backbones_load_the_cached_weights(cached):
+    trunk = build_backbone("resnet18", weights="imagenet")
+    assert torch.equal(trunk.body.conv1.weight, cached["resnet18"]["conv1.weight"])
+    assert torch.equal(trunk.body.layer4[1].conv2.weight, cached["resnet18"]["layer4.1.conv2.weight"])
+    # the segmenter's 4-channel stem: RGB filters from ImageNet, the cue channel at zero
+    stem = Segmenter("resnet18", weights="imagenet").encoder.body.conv1.weight
+    assert torch.equal(stem[:, :3], cached["resnet18"]["conv1.weight"]) and not stem[:, 3].any()
+    deeplab = build_deeplab(21, "resnet50", weights="imagenet")
+    assert torch.equal(deeplab.backbone.layer3[0].conv2.weight, cached["resnet50"]["layer3.0.conv2.weight"])
+
+
+def test_missing_cache_names_file_and_path(empty_cache, offline):
+    path = empty_cache / "resnet50-0676ba61.pth"
+    with pytest.raises(FileNotFoundError) as err:
+        build_backbone("resnet50", weights="imagenet")
+    assert "resnet50-0676ba61.pth" in str(err.value) and f"place it at {path}" in str(err.value)
+    assert offline == [], "training code must never download"
+
+
+def test_fetch_offline_names_file_and_path(empty_cache, offline):
+    with pytest.raises(RuntimeError) as err:
+        weights.fetch("resnet101")
+    msg = str(err.value)
+    assert offline == ["https://download.pytorch.org/models/resnet101-63fe2227.pth"]
+    assert "name resolution" in msg and f"place it at {empty_cache / 'resnet101-63fe2227.pth'}" in msg
+
+
+def test_fetch_keeps_a_cached_file(cached, offline):
+    path = weights.fetch("resnet50")
+    assert path.is_file() and offline == []
+
+
+def test_file_paths_still_work(tmp_path, cached):
+    path = tmp_path / "mine.pth"
+    torch.save(cached["resnet18"], path)
+    trunk = build_backbone("resnet18", weights=str(path))
+    assert torch.equal(trunk.body.conv1.weight, cached["resnet18"]["conv1.weight"])
+
+
+def _train(tiny, out, weights_value):
+    return train_cam(tiny["image_paths"], tiny["labels"], ["background", "ant", "bat", "cow", "elk"], out,
+                     backbone="resnet18", weights=weights_value, crop=32, batch_size=4, epochs=1, lr=1e-3)
+
+
+def test_training_starts_from_the_cached_weights(tiny, cached, tmp_path):
+    summary = _train(tiny, tmp_path / "cam.pt", "imagenet")
+    state = load_checkpoint(tmp_path / "cam.pt", "cam")["state_dict"]
+    planted = cached["resnet18"]["layer4.1.conv2.weight"]
+    # a random init is PLANT_SCALE times smaller than the planted weights: its drift would be ~0.9 of their size
+    drift = (state["backbone.body.layer4.1.conv2.weight"] - planted).abs().mean()
+    assert drift < 0.05 * planted.abs().mean(), "the checkpoint did not start from the cached weights"
+    assert summary["init"] == "ImageNet (resnet18 IMAGENET1K_V1, torchvision)"
+
+
+def test_resnet_from_scratch_warns(tiny, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="locseg"):
+        summary = _train(tiny, tmp_path / "cam.pt", None)
+    assert summary["init"] == "trained from scratch"
+    assert any(r.levelno == logging.WARNING and "trained from scratch" in r.getMessage() for r in caplog.records)
+
+
+def test_describe_init():
+    assert weights.describe_init("small", None) == "random initialisation (demo backbone)"
+    assert weights.describe_init("resnet50", "/w/r50.pth") == "weights file /w/r50.pth"
