@@ -153,6 +153,17 @@ def test_real_dataset_missing_split_and_weights(config, real_tree):
     assert "segmenter.weights" in msg and "r101.pth" in msg
 
 
+def test_imagenet_weights(config, real_tree):
+    config = _real(config, real_tree)
+    config["cam"].update(backbone="resnet50", weights="imagenet")  # a name, not a path: no existence check
+    validate_config(copy.deepcopy(config), SCHEMA)
+    config["segmenter"]["weights"] = "imagenet"  # the small demo backbone has no ImageNet weights
+    config["cam"]["source"] = "weights"  # a released CAM net is a checkpoint file, not an initialisation
+    msg = _error(config)
+    assert "segmenter.weights: 'imagenet' exists for resnet18, resnet50, resnet101, not 'small'" in msg
+    assert "cam.weights: cam.source 'weights' needs a trained CAM checkpoint file, not 'imagenet'" in msg
+
+
 def test_load_config(tmp_path, config):
     good = tmp_path / "c.yaml"
     good.write_text(yaml.safe_dump(config))
