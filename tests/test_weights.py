@@ -77,9 +77,10 @@ def test_fetch_offline_names_file_and_path(empty_cache, offline):
     assert "name resolution" in msg and f"place it at {empty_cache / 'resnet101-63fe2227.pth'}" in msg
 
 
-def test_fetch_keeps_a_cached_file(cached, offline):
+def test_fetch_keeps_a_cached_file(imagenet_home, cached, offline):
     path = weights.fetch("resnet50")
-    assert path.is_file() and offline == []
+    assert path == imagenet_home[0] / "hub" / "checkpoints" / "resnet50-0676ba61.pth"  # TORCH_HOME is followed
+    assert offline == []
 
 
 def test_file_paths_still_work(tmp_path, cached):
