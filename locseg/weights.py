@@ -62,6 +62,7 @@ def fetch(backbone: str) -> Path:
     """Download `backbone`'s ImageNet weights into the cache (hash-checked); a no-op when present."""
     path = imagenet_file(backbone)
     if path.is_file():
+        log.info("%s ImageNet weights already cached at %s", backbone, path)
         return path
     log.info("downloading %s to %s", imagenet_weights(backbone).url, path)
     try:
