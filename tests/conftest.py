@@ -42,7 +42,6 @@ PLANT_SCALE = 10.0  # planted conv weights are torchvision's init x 10: no rando
 def planted_imagenet_state(backbone: str) -> dict:
     """A state dict of `backbone`'s ImageNet weights' shapes (fc included), recognisable after training: BN
     follows every conv, so scaling the conv weights changes nothing a network computes, only their size."""
-    import torch
     from torchvision.models import resnet
 
     torch.manual_seed(123)
@@ -54,8 +53,6 @@ def planted_imagenet_state(backbone: str) -> dict:
 def imagenet_home(tmp_path_factory):
     """A TORCH_HOME whose cache holds planted 'ImageNet' weights of every ResNet under torchvision's file
     names (nothing is downloaded). Returns (TORCH_HOME, {backbone: planted state dict})."""
-    import torch
-
     from locseg.weights import IMAGENET_BACKBONES, imagenet_weights
 
     home = tmp_path_factory.mktemp("torch_home")

@@ -18,7 +18,7 @@ from tests.workflow.conftest import REPO
 def config(tiny, tmp_path, monkeypatch):
     """The default config pointed at the tiny demo tree as if it were real data, with ImageNet ResNets."""
     monkeypatch.chdir(tmp_path)
-    root = next(iter(tiny["image_paths"].values())).parents[1]
+    root = tiny["layout"].root
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["demo"]["enabled"] = False
     config["dataset"]["root"] = str(root)

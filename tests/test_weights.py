@@ -15,6 +15,7 @@ from locseg.models.backbones import build_backbone
 from locseg.models.deeplab import build_deeplab
 from locseg.models.segmenter import Segmenter
 from locseg.train import load_checkpoint
+from tests.conftest import CLASSES, FAST
 
 
 @pytest.fixture
@@ -91,8 +92,8 @@ def test_file_paths_still_work(tmp_path, cached):
 
 
 def _train(tiny, out, weights_value):
-    return train_cam(tiny["image_paths"], tiny["labels"], ["background", "ant", "bat", "cow", "elk"], out,
-                     backbone="resnet18", weights=weights_value, crop=32, batch_size=4, epochs=1, lr=1e-3)
+    return train_cam(tiny["image_paths"], tiny["labels"], CLASSES, out, backbone="resnet18", weights=weights_value,
+                     **FAST, lr=1e-3)
 
 
 def test_training_starts_from_the_cached_weights(tiny, cached, tmp_path):
