@@ -1,7 +1,7 @@
 """Pretrained backbone weights: `weights: imagenet` resolved through torchvision's weights API.
 
 A config's `weights` is null (random initialisation), a state dict file, or `imagenet`: torchvision's
-IMAGENET1K_V1 weights of that ResNet (the ones IRN, SEAM and deeplab-pytorch start from). They live in
+IMAGENET1K_V1 weights of that ResNet (the original ones, which IRN starts its ResNet-50 from). They live in
 torch's standard cache, `$TORCH_HOME/hub/checkpoints/<file name of the URL>` (TORCH_HOME defaults to
 ~/.cache/torch), exactly where torchvision itself would put them. Only `fetch` downloads; training jobs
 only read the cache, so on a cluster the download happens once on the login node (rule fetch_weights).
