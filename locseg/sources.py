@@ -11,6 +11,7 @@ from pathlib import Path
 from locseg.data.coco import CocoSplit
 from locseg.data.labels import read_labels
 from locseg.data.voc import VocLayout, read_split
+from locseg.fingerprint import tree_files
 
 EXTERNAL = "coco"
 # The first stage (validate_dataset) writes the ids that passed its checks here; every later stage reads
@@ -59,3 +60,19 @@ def images_and_labels(config: dict, split: str, labels_json=None) -> tuple[dict[
         coco = coco_split(config)
         return {i: coco.image_path(i) for i in coco.ids}, {i: coco.labels(i) for i in coco.ids}
     return image_paths(config, split), read_labels(labels_json, config["classes"])
+
+
+
+def dataset_files(config: dict, split: str) -> dict[str, list[str]]:
+    """The files a split's stages may read, by kind: 'images' and 'masks' of every id its raw split list
+    names (none if the list is missing or broken: validate_dataset reports that). For the COCO split,
+    'images' is every file under coco.image_dir: its image list is inside an annotation file too large
+    to parse for a dry run."""
+    if split == EXTERNAL:
+        return {"images": tree_files(config["coco"]["image_dir"])}
+    layout = voc_layout(config)
+    try:
+        ids = read_split(layout.split_file(split))
+    except (FileNotFoundError, ValueError):
+        ids = []
+    return {"images": [str(layout.image_path(i)) for i in ids], "masks": [str(layout.mask_path(i)) for i in ids]}

@@ -77,7 +77,7 @@ def validate_coco(annotations, image_dir) -> tuple[list[str], int]:
         split = CocoSplit(annotations, image_dir, {n: n for n in names}, ["background", *names])
     except (KeyError, TypeError, ValueError) as e:
         return [f"{annotations}: not a usable COCO instances file ({e})"], 0
-    problems = []
+    problems = [p for found in split.annotation_problems().values() for p in found]
     if not Path(image_dir).is_dir():
         problems.append(f"{image_dir}: COCO image directory not found")
     return problems + split.check_images(), len(split.ids)
@@ -99,11 +99,13 @@ def validate_dataset(root, splits: list[str] | None = None, *, num_classes: int 
 
 def gate_splits(layout: VocLayout, splits: list[str], num_classes: int, coco=None,
                 on_bad_image: str = "fail") -> tuple[dict[str, list[str]], dict]:
-    """The DAG's first step: check every image (and GT mask) of the configured splits once.
+    """The DAG's first step: check every image (and GT mask) of the configured splits, and every COCO
+    annotation, once.
 
     Returns (ids that passed per split, report). With on_bad_image 'fail' any problem raises, listing all
     of them; with 'skip' bad ids are left out of the lists and named in the report. A split left empty
-    always raises. `coco` (a CocoSplit) adds the external split under the name 'coco'.
+    always raises. `coco` (a CocoSplit) adds the external split under the name 'coco'; a COCO image with
+    a bad annotation is skipped whole (its region is never silently made background).
     """
     if on_bad_image not in ("fail", "skip"):
         raise ValueError(f"on_bad_image must be 'fail' or 'skip', got {on_bad_image!r}")
@@ -117,9 +119,14 @@ def gate_splits(layout: VocLayout, splits: list[str], num_classes: int, coco=Non
             (skipped if found else kept)[split].append(image_id)
     if coco is not None:
         kept["coco"], skipped["coco"] = [], []
+        bad_annotations = coco.annotation_problems()
+        # Bad annotations of images no stage uses (or of ids with no image) have nothing to skip: listed only.
+        used = set(coco.ids)
+        problems += [p for image_id, found in bad_annotations.items() if image_id not in used for p in found]
         for image_id in coco.ids:
-            found = _check_external(coco, image_id)
-            problems += [f"{coco.annotation_file} [{image_id}]: {p}" for p in found]
+            found = bad_annotations.get(image_id, []) + [
+                f"{coco.annotation_file} [{image_id}]: {p}" for p in _check_external(coco, image_id)]
+            problems += found
             (skipped if found else kept)["coco"].append(image_id)
     if problems and on_bad_image == "fail":
         raise ValueError(f"{len(problems)} dataset problem(s) (set on_bad_image: skip to leave such images "

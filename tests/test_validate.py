@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -107,3 +108,39 @@ def test_a_split_left_empty_always_fails(tree):
         layout.image_path(image_id).unlink()
     with pytest.raises(ValueError, match="no usable image left in split"):
         gate_splits(layout, ["val"], K, None, "skip")
+
+
+def _bad_annotation(tree):
+    """A degenerate (2-point) polygon added to a used COCO image, and an annotation of an image id the file
+    does not have (annotation 999998); returns (image id, annotation id) of the first."""
+    path = tree / "coco/annotations/instances_train.json"
+    data = json.loads(path.read_text())
+    image_id = _coco(tree).ids[0]
+    category = next(c["id"] for c in data["categories"] if c["name"] in DEMO_COCO_CATEGORY_MAP)
+    data["annotations"] += [
+        {"id": 999999, "image_id": int(image_id), "category_id": category, "iscrowd": 0, "area": 1,
+         "bbox": [0, 0, 1, 1], "segmentation": [[0, 0, 3, 3]]},
+        {"id": 999998, "image_id": 987654, "category_id": category, "iscrowd": 0, "area": 1,
+         "bbox": [0, 0, 1, 1], "segmentation": [[0, 0, 3, 0, 3, 3]]}]
+    path.write_text(json.dumps(data))
+    return image_id, 999999
+
+
+def test_bad_annotation_fails_naming_annotation_image_and_file(tree):
+    image_id, ann_id = _bad_annotation(tree)
+    _break(tree)
+    with pytest.raises(ValueError) as err:
+        gate_splits(_layout(tree), ["train", "val"], K, _coco(tree), "fail")
+    message = str(err.value)
+    assert f"instances_train.json: annotation {ann_id}, image {image_id}: polygon 0 has 2 point(s)" in message
+    assert "annotation 999998, image 987654: no image with this id" in message
+    assert "7 dataset problem(s)" in message  # listed together with the five VOC problems
+
+
+def test_skip_leaves_the_bad_annotations_image_out(tree):
+    image_id, ann_id = _bad_annotation(tree)
+    kept, report = gate_splits(_layout(tree), ["val"], K, _coco(tree), "skip")
+    assert report["skipped"]["coco"] == [image_id] and image_id not in kept["coco"]
+    assert len(kept["coco"]) == len(_coco(tree).ids) - 1
+    assert any(f"annotation {ann_id}, image {image_id}" in p for p in report["problems"])
+    assert any("annotation 999998, image 987654" in p for p in report["problems"])  # nothing to skip: listed

@@ -48,6 +48,7 @@ class CocoSplit:
             self._coco.createIndex()
 
         self._images = {str(i): img for i, img in self._coco.imgs.items()}
+        self._category_ids = {c["id"] for c in data["categories"]}
         self._labels = {}
         for image_id, img in self._images.items():
             anns = self._coco.imgToAnns.get(img["id"], [])
@@ -98,6 +99,38 @@ class CocoSplit:
         out[objects] = 1
         return out
 
+    def annotation_problems(self) -> dict[str, list[str]]:
+        """Image id -> problems of its annotations, each naming file, annotation and image.
+
+        Every annotation must name an existing image and a known category; those of mapped categories
+        (the ones used) must decode: polygons of >= 3 points with an even number of coordinates, RLE of
+        the image's size. Found here, a malformed annotation does not surface hours later as a bare
+        pycocotools exception in train_segmenter.
+        """
+        problems: dict[str, list[str]] = {}
+        for ann in self._coco.dataset["annotations"]:
+            image_id = str(ann.get("image_id"))
+            found = self._annotation_problem(ann)
+            if found:
+                problems.setdefault(image_id, []).append(
+                    f"{self.annotation_file}: annotation {ann.get('id')}, image {image_id}: {found}")
+        return problems
+
+    def _annotation_problem(self, ann: dict) -> str | None:
+        if str(ann.get("image_id")) not in self._images:
+            return "no image with this id in the file"
+        if ann.get("category_id") not in self._category_ids:
+            return f"unknown category id {ann.get('category_id')}"
+        if ann["category_id"] not in self._class_of:
+            return None
+        seg = ann.get("segmentation")
+        hw = self.size(str(ann["image_id"]))
+        if isinstance(seg, list):
+            return _polygon_problem(seg)
+        if isinstance(seg, dict):
+            return _rle_problem(seg, hw)
+        return f"segmentation is neither a polygon list nor an RLE dict ({type(seg).__name__})"
+
     def check_images(self) -> list[str]:
         """Problems with the used images (missing files), as messages, so a caller can report them all at once."""
         problems = []
@@ -106,3 +139,31 @@ class CocoSplit:
             if not path.is_file():
                 problems.append(f"{self.annotation_file}: image {image_id}: file {path} not found")
         return problems
+
+
+def _polygon_problem(polygons: list) -> str | None:
+    if not polygons:
+        return "empty polygon list"
+    for i, poly in enumerate(polygons):
+        if not isinstance(poly, list) or not all(isinstance(v, (int, float)) for v in poly):
+            return f"polygon {i} is not a list of numbers"
+        if len(poly) % 2:
+            return f"polygon {i} has an odd number of coordinates ({len(poly)})"
+        if len(poly) < 6:
+            return f"polygon {i} has {len(poly) // 2} point(s); at least 3 are needed"
+    return None
+
+
+def _rle_problem(rle: dict, hw: tuple[int, int]) -> str | None:
+    size, counts = rle.get("size"), rle.get("counts")
+    if size != list(hw):
+        return f"RLE size {size} differs from the image size {list(hw)}"
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) and v >= 0 for v in counts):
+            return "RLE counts are not all non-negative integers"
+        if sum(counts) != hw[0] * hw[1]:
+            return f"RLE counts cover {sum(counts)} pixels, the image has {hw[0] * hw[1]}"
+        return None
+    if not isinstance(counts, str):
+        return f"RLE counts are neither a list nor a string ({type(counts).__name__})"
+    return None

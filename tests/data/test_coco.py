@@ -15,8 +15,9 @@ def _rle(mask):
     return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
 
 
-def _annotations(tmp_path):
-    """Image 10 (6x8): hound polygon, puppy RLE, dog crowd, a cat; image 4: only an unmapped 'car'."""
+def _annotations(tmp_path, extra=()):
+    """Image 10 (6x8): hound polygon, puppy RLE, dog crowd, a cat; image 4: only an unmapped 'car'.
+    `extra` annotations are added as given."""
     puppy = np.zeros((6, 8), dtype=np.uint8)
     puppy[4:6, 6:8] = 1
     crowd = np.zeros((6, 8), dtype=np.uint8)
@@ -41,6 +42,7 @@ def _annotations(tmp_path):
              "segmentation": _rle(cat)},
             {"id": 5, "image_id": 4, "category_id": 30, "iscrowd": 0, "area": 4, "bbox": [0, 0, 2, 2],
              "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]},
+            *extra,
         ],
     }
     path = tmp_path / "instances.json"
@@ -102,3 +104,37 @@ def test_bad_annotation_file(tmp_path):
         CocoSplit(bad, tmp_path, CMAP, CLASSES)
     with pytest.raises(FileNotFoundError, match=r"none\.json"):
         CocoSplit(tmp_path / "none.json", tmp_path, CMAP, CLASSES)
+
+
+def _ann(ann_id, segmentation, image_id=10, category_id=5):
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0, "area": 1,
+            "bbox": [0, 0, 1, 1], "segmentation": segmentation}
+
+
+def test_well_formed_annotations_have_no_problems(tmp_path):
+    assert CocoSplit(_annotations(tmp_path), tmp_path, CMAP, CLASSES).annotation_problems() == {}
+
+
+@pytest.mark.parametrize("ann, words", [
+    # a 4-number polygon: pycocotools would even read it as a box
+    (_ann(71, [[1, 1, 5, 1]]), ["2 point(s)", "at least 3"]),
+    (_ann(72, [[1, 1, 5, 1, 5, 4, 1]]), ["odd number of coordinates (7)"]),
+    (_ann(73, {"size": [8, 6], "counts": "abc"}), ["RLE size [8, 6]", "image size [6, 8]"]),
+    (_ann(74, {"size": [6, 8], "counts": [40, 7]}), ["47 pixels", "48"]),
+    (_ann(75, [[1, 1, 5, 1, 5, 4]], category_id=99), ["unknown category id 99"]),
+    (_ann(76, [[1, 1, 5, 1, 5, 4]], image_id=12345), ["no image with this id"]),
+    (_ann(77, None), ["neither a polygon list nor an RLE"]),
+])
+def test_each_malformed_annotation_is_named_with_its_ids_and_file(tmp_path, ann, words):
+    problems = CocoSplit(_annotations(tmp_path, [ann]), tmp_path, CMAP, CLASSES).annotation_problems()
+    assert list(problems) == [str(ann["image_id"])]
+    [message] = problems[str(ann["image_id"])]
+    assert f"annotation {ann['id']}, image {ann['image_id']}" in message and "instances.json" in message
+    for word in words:
+        assert word in message
+
+
+def test_unused_categories_are_not_decoded(tmp_path):
+    """Only annotations of mapped categories are used, so only theirs must decode ('car' is unmapped)."""
+    split = CocoSplit(_annotations(tmp_path, [_ann(78, [[1, 1]], category_id=30)]), tmp_path, CMAP, CLASSES)
+    assert split.annotation_problems() == {}

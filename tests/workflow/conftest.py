@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +14,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True):
-    """`snakemake` on the repo's Snakefile with the default + tiny configs (+ overrides) in `workdir`."""
-    configs = [str(REPO / "config" / "config.yaml"), str(REPO / "config" / "tiny.yaml")]
+def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True, repo: Path = REPO):
+    """`snakemake` on the repo's Snakefile (or a copy's) with the default + tiny configs (+ overrides) in
+    `workdir`."""
+    configs = [str(repo / "config" / "config.yaml"), str(repo / "config" / "tiny.yaml")]
     if overrides:
         extra = workdir / f"override_{abs(hash(repr(overrides)))}.yaml"
         extra.write_text(yaml.safe_dump(overrides))
         configs.append(str(extra))
     # --configfile takes every following word: targets and flags must come before it.
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2", *args,
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--cores", "2", *args,
            "--configfile", *configs]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if check and proc.returncode != 0:
@@ -29,10 +31,10 @@ def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: b
     return proc
 
 
-def planned_jobs(workdir: Path, overrides: dict | None = None, *args: str) -> dict[str, int]:
+def planned_jobs(workdir: Path, overrides: dict | None = None, *args: str, repo: Path = REPO) -> dict[str, int]:
     """Rule -> job count of a dry run (parsed from Snakemake's 'Job stats' table). `args` (targets, flags)
     go before `--quiet rules`, whose nargs would swallow a target."""
-    proc = snakemake(workdir, *args, "-n", "--quiet", "rules", overrides=overrides)
+    proc = snakemake(workdir, *args, "-n", "--quiet", "rules", overrides=overrides, repo=repo)
     out = proc.stdout + proc.stderr
     jobs, in_table = {}, False
     for line in out.splitlines():
@@ -64,3 +66,11 @@ def stored_maps(workdir: Path, split: str, stage: str = "cams") -> dict[str, tup
                 if not image_id.startswith("_"):
                     maps[image_id] = (f[image_id]["maps"][()], f[image_id]["classes"][()])
     return maps
+
+
+@pytest.fixture()
+def tiny_copy(tiny_run, tmp_path) -> Path:
+    """A copy of the tiny run (mtimes kept, so it is up to date) that a test may modify."""
+    copy = tmp_path / "tiny_copy"
+    shutil.copytree(tiny_run, copy, symlinks=True)
+    return copy

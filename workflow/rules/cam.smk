@@ -14,6 +14,8 @@ rule train_cam:
         split=SPLITS["cam"],
         source=config["cam"]["source"],
         seed=config["seed"],
+        data=lambda wc: data_version(SPLITS["cam"], "images"),
+        code=code_version("train_cam"),
         tensorboard=f"{RESULTS}/tensorboard/train_cam",
     threads: 2
     resources:
@@ -38,6 +40,8 @@ rule extract_cams:
         infer=pick("cam", "scales", "flip", "max_side"),
         imported=lambda wc: imports_cams(wc.split),
         shards=config["shards"],
+        data=lambda wc: cam_data_version(wc.split),
+        code=code_version("extract_cams"),
     threads: 1
     resources:
         gpu=1,

@@ -1,10 +1,13 @@
 # Validation before any job runs, shared names and small input functions.
 
+import os
+from functools import cache
 from pathlib import Path
 
 from locseg.config import ConfigError, validate_config
+from locseg.fingerprint import code_fingerprint, stat_files, stats_fingerprint, tree_files
 from locseg.shards import shard_names
-from locseg.sources import EXTERNAL, validated_split_file
+from locseg.sources import EXTERNAL, dataset_files, validated_split_file
 from locseg.weights import IMAGENET
 
 
@@ -34,6 +37,43 @@ def raw_split_file(split):
 def split_file(split):
     """The ids of a split that passed validate_dataset: what every other stage reads."""
     return str(validated_split_file(split))
+
+
+# Dataset files are params, not inputs (~130k files at VOC + COCO scale): a digest of their stats. Use
+# these as lambdas, so they are computed when needed: after demo_data has written the files.
+
+
+def data_version(split, *kinds):
+    """Param of every job that reads a split's dataset files of these kinds ('images', 'masks'): a digest
+    of their (path, size, mtime), so editing, replacing or deleting one reruns exactly those jobs."""
+    files, stats = _split_stats(split)
+    return stats_fingerprint({p: stats[p] for kind in kinds for p in files.get(kind, [])})
+
+
+def presence_version(split):
+    """Param of validate_dataset: which of the split's files exist. It checks each file once, so it
+    reruns (and everything after it) when a listed file appears or disappears; a content edit reruns
+    only the stages that read the file (data_version), which check it again on read."""
+    return stats_fingerprint(_split_stats(split)[1], contents=False)
+
+
+def _split_stats(split):
+    path = config["coco"]["annotations"] if split == EXTERNAL else raw_split_file(split)
+    return _stats(split, os.stat(path).st_mtime_ns if os.path.exists(path) else None)
+
+
+@cache
+def _stats(split, list_mtime):
+    """Once per split and DAG build (many jobs share a split). The list's mtime is in the key because
+    demo_data rewrites the lists with the data: jobs that run after it see the new files."""
+    files = dataset_files(config, split)
+    return files, stat_files(p for paths in files.values() for p in paths)
+
+
+def code_version(script):
+    """Param of every stage: digest of the locseg code its script imports (locseg.fingerprint), so a
+    library change reruns exactly the stages that import the changed module (and what follows)."""
+    return code_fingerprint(Path(workflow.basedir) / "workflow" / "scripts" / f"{script}.py")
 
 
 def pick(section, *keys):
@@ -76,6 +116,16 @@ def cam_split_inputs(wc):
     if wc.split == EXTERNAL:
         return {**inputs, "coco": config["coco"]["annotations"], "split": split_file(EXTERNAL)}
     return {**inputs, "labels": rules.image_labels.output.json.format(split=wc.split)}
+
+
+def cam_data_version(split):
+    """extract_cams reads the split's images, or with cam.source 'import' the .npy files of cam.import_dir."""
+    return stats_fingerprint(_imported_stats()) if imports_cams(split) else data_version(split, "images")
+
+
+@cache
+def _imported_stats():
+    return stat_files(tree_files(config["cam"]["import_dir"]))
 
 
 def cam_shards(split):

@@ -40,6 +40,8 @@ rule validate_dataset:
         on_bad_image=config["on_bad_image"],
         classes=config["classes"],
         category_map=config["coco"]["category_map"],
+        files=lambda wc: {s: presence_version(s) for s in [*VOC_SPLITS, EXTERNAL]},
+        code=code_version("validate_dataset"),
     log:
         log_path("validate_dataset"),
     benchmark:
@@ -58,6 +60,8 @@ rule image_labels:
     params:
         classes=config["classes"],
         allow_pickle=DATASET["allow_pickle"],
+        data=lambda wc: data_version(wc.split, "images", "masks"),  # image headers: the size check
+        code=code_version("image_labels"),
     log:
         log_path("image_labels", "{split}"),
     benchmark:

@@ -13,6 +13,8 @@ rule train_deeplab:
                    "optimizer", "lr", "weight_decay"),
         split=SPLITS["pseudo"],
         seed=config["seed"],
+        data=lambda wc: data_version(SPLITS["pseudo"], "images", *(["masks"] if wc.labels == "gt" else [])),
+        code=code_version("train_deeplab"),
         tensorboard=f"{RESULTS}/tensorboard/train_deeplab_{{labels}}",
     threads: 2
     resources:

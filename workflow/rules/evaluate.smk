@@ -11,6 +11,8 @@ rule eval_cams:
         curve=f"{RESULTS}/eval/cams_{{split}}_threshold.png",
     params:
         thresholds=config["cam"]["thresholds"],
+        data=lambda wc: data_version(wc.split, "masks"),
+        code=code_version("eval_cams"),
     log:
         log_path("eval_cams", "{split}"),
     benchmark:
@@ -34,6 +36,8 @@ rule evaluate_masks:
     params:
         assemble=pick("reseg", "bg_score", "band"),
         overlay_images=config["report"]["overlay_images"],
+        data=lambda wc: data_version(wc.split, "images", "masks"),
+        code=code_version("evaluate_masks"),
     log:
         log_path("evaluate_masks", "{split}"),
     benchmark:
@@ -53,6 +57,8 @@ rule evaluate_deeplab:
         predictions=directory(f"{RESULTS}/predictions/deeplab_{{labels}}/{{split}}"),
     params:
         infer=pick("deeplab", "eval_scales", "eval_flip"),
+        data=lambda wc: data_version(wc.split, "images", "masks"),
+        code=code_version("evaluate_deeplab"),
     threads: 1
     resources:
         gpu=1,
@@ -73,6 +79,8 @@ rule supervision_gap:
         gt=rules.evaluate_deeplab.output.json.replace("{labels}", "gt"),
     output:
         json=f"{RESULTS}/eval/supervision_gap_{{split}}.json",
+    params:
+        code=code_version("supervision_gap"),
     log:
         log_path("supervision_gap", "{split}"),
     benchmark:

@@ -9,6 +9,7 @@ rule export_masks:
         masks=directory(f"{RESULTS}/masks/{{split}}"),
     params:
         assemble=pick("reseg", "bg_score", "band"),
+        code=code_version("export_masks"),
     log:
         log_path("export_masks", "{split}"),
     benchmark:
@@ -27,6 +28,8 @@ rule export_deeplab_pytorch:
     params:
         split=SPLITS["pseudo"],
         classes=config["classes"],
+        data=lambda wc: data_version(SPLITS["pseudo"], "images"),
+        code=code_version("export_deeplab_pytorch"),
     log:
         log_path("export_deeplab_pytorch"),
     benchmark:

@@ -31,6 +31,8 @@ rule report:
         overlay_images=config["report"]["overlay_images"],
         pseudo_eval=SPLITS["pseudo_eval"],
         val=SPLITS["val"],
+        data=lambda wc: data_version(SPLITS["val"], "images", "masks"),
+        code=code_version("report"),
     log:
         log_path("report"),
     benchmark:

@@ -15,6 +15,8 @@ rule train_segmenter:
                    "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay"),
         category_map=config["coco"]["category_map"],
         seed=config["seed"],
+        data=lambda wc: data_version(EXTERNAL, "images"),
+        code=code_version("train_segmenter"),
         tensorboard=f"{RESULTS}/tensorboard/train_segmenter",
     threads: 2
     resources:
@@ -38,6 +40,8 @@ rule resegment:
         store=f"{RESULTS}/reseg/{{split}}/{{shard}}.h5",
     params:
         reseg=pick("reseg", "rounds", "keep_rounds", "max_side"),
+        data=lambda wc: data_version(wc.split, "images"),
+        code=code_version("resegment"),
     threads: 1
     resources:
         gpu=1,
