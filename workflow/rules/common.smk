@@ -46,26 +46,33 @@ def split_file(split):
 def data_version(split, *kinds):
     """Param of every job that reads a split's dataset files of these kinds ('images', 'masks'): a digest
     of their (path, size, mtime), so editing, replacing or deleting one reruns exactly those jobs."""
-    files, stats = _split_stats(split)
-    return stats_fingerprint({p: stats[p] for kind in kinds for p in files.get(kind, [])})
+    return _version(split, kinds, _list_mtime(split))
 
 
 def presence_version(split):
     """Param of validate_dataset: which of the split's files exist. It checks each file once, so it
     reruns (and everything after it) when a listed file appears or disappears; a content edit reruns
     only the stages that read the file (data_version), which check it again on read."""
-    return stats_fingerprint(_split_stats(split)[1], contents=False)
+    return _version(split, None, _list_mtime(split))
 
 
-def _split_stats(split):
+def _list_mtime(split):
     path = config["coco"]["annotations"] if split == EXTERNAL else raw_split_file(split)
-    return _stats(split, os.stat(path).st_mtime_ns if os.path.exists(path) else None)
+    return os.stat(path).st_mtime_ns if os.path.exists(path) else None
+
+
+@cache
+def _version(split, kinds, list_mtime):
+    """Once per split, kinds and DAG build (many jobs share them). The list's mtime is in the key because
+    demo_data rewrites the lists with the data: jobs that run after it see the new files."""
+    files, stats = _stats(split, list_mtime)
+    if kinds is None:
+        return stats_fingerprint(stats, contents=False)
+    return stats_fingerprint({p: stats[p] for kind in kinds for p in files.get(kind, [])})
 
 
 @cache
 def _stats(split, list_mtime):
-    """Once per split and DAG build (many jobs share a split). The list's mtime is in the key because
-    demo_data rewrites the lists with the data: jobs that run after it see the new files."""
     files = dataset_files(config, split)
     return files, stat_files(p for paths in files.values() for p in paths)
 
@@ -120,12 +127,12 @@ def cam_split_inputs(wc):
 
 def cam_data_version(split):
     """extract_cams reads the split's images, or with cam.source 'import' the .npy files of cam.import_dir."""
-    return stats_fingerprint(_imported_stats()) if imports_cams(split) else data_version(split, "images")
+    return _imported_version() if imports_cams(split) else data_version(split, "images")
 
 
 @cache
-def _imported_stats():
-    return stat_files(tree_files(config["cam"]["import_dir"]))
+def _imported_version():
+    return stats_fingerprint(stat_files(tree_files(config["cam"]["import_dir"])))
 
 
 def cam_shards(split):
