@@ -72,6 +72,12 @@ def test_split_list_change_reruns_validation_onward(tiny_copy):
     assert planned_jobs(tiny_copy) == {"validate_dataset": 1, **AFTER_VALIDATION}
 
 
+def test_listed_file_removed_reruns_validation_onward(tiny_copy):
+    """validate_dataset decides which ids the stages see, so it checks again when a listed file goes."""
+    (tiny_copy / f"{VOC}/SegmentationClass/{_first_id(tiny_copy, 'val')}.png").unlink()
+    assert planned_jobs(tiny_copy) == {"validate_dataset": 1, **AFTER_VALIDATION}
+
+
 def _dry_run(workdir, repo=REPO):
     proc = snakemake(workdir, "-n", repo=repo)
     return proc.stdout + proc.stderr
