@@ -89,7 +89,8 @@ def test_cam_baseline_matches_an_independent_recomputation(tiny_run):
     t = result["best_threshold"]
     assert result["miou"] == max(s["miou"] for s in result["sweep"])
 
-    def label(maps, classes):
+    def label(maps, classes):  # float32, as the store reader hands the float16 maps to eval_cams
+        maps = maps.astype(np.float32)
         if len(classes) == 0:
             return np.zeros(maps.shape[1:], np.uint8)
         return np.where(maps.max(0) > t, np.asarray(classes)[maps.argmax(0)], 0)
