@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from locseg import __version__
 from locseg.fsutil import atomic_path
+from locseg.resume import Preempted, Progress, StopOnSigterm, TrainState, ignore_sigterm
 
 log = logging.getLogger("locseg")
 
@@ -70,7 +71,8 @@ def save_checkpoint(path, model: torch.nn.Module, kind: str, meta: dict) -> None
         "meta": meta,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    with atomic_path(path) as tmp:
+    size = sum(v.nbytes for v in payload["state_dict"].values())
+    with atomic_path(path, needs=lambda written: max(size, written)) as tmp:
         with open(tmp, "wb") as f:
             torch.save(payload, f)
 
@@ -163,45 +165,68 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
 
 def fit(model: torch.nn.Module, data, loss_fn, *, device: torch.device, generator: torch.Generator,
         desc: str, batch_size: int = 8, epochs: int = 10, optimizer: str = "adam", lr: float = 1e-3,
-        weight_decay: float = 1e-4, num_workers: int = 0, tensorboard_dir=None) -> list[float]:
+        weight_decay: float = 1e-4, num_workers: int = 0, tensorboard_dir=None,
+        resume: TrainState | None = None) -> list[float]:
     """The one training loop: shuffled batches (seeded), poly LR, autocast on CUDA, progress and a log
     line per epoch. `data` has an `epoch` attribute (its augmentation is seeded by it); `loss_fn(model,
-    batch)` takes the batch already on `device` and returns the scalar loss. Returns the mean loss per epoch."""
+    batch)` takes the batch already on `device` and returns the scalar loss. Returns the mean loss per epoch.
+
+    With `resume` (see locseg/resume.py) training continues from a matching saved state, saves one after
+    every epoch (and every `resume.every_s` inside an epoch), and on SIGTERM saves at the next step boundary
+    and raises `Preempted`. Each epoch's order is one `randperm` of the generator, so it can be drawn again."""
     if len(data) < 2:
         raise ValueError(f"{desc} needs at least 2 training samples, found {len(data)}")
-    loader = DataLoader(data, batch_size=min(batch_size, len(data)), shuffle=True, drop_last=True,
-                        num_workers=num_workers, generator=generator)
+    batch_size = min(batch_size, len(data))
+    per_epoch = len(data) // batch_size  # full batches only (drop_last)
     opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
-    total, step, losses = epochs * len(loader), 0, []
+    total = epochs * per_epoch
+    at = resume.restore(model, opt, generator, epochs) if resume else Progress()
     log.info("%s: %d samples, %d steps on %s", desc, len(data), total, device)
     board = _tensorboard(tensorboard_dir)
-    bar = progress(total=total, desc=desc)
-    for epoch in range(epochs):
-        data.epoch = epoch
-        model.train()
-        running = 0.0
-        for batch in loader:
-            for group in opt.param_groups:
-                group["lr"] = poly_lr(lr, step, total)
-            batch = [x.to(device) for x in batch]
-            with autocast(device):
-                loss = loss_fn(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += loss.item()
-            if board is not None:
-                board.add_scalar("loss", loss.item(), step)
-                board.add_scalar("lr", opt.param_groups[0]["lr"], step)
-            step += 1
-            bar.update()
-        losses.append(running / len(loader))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
-    bar.close()
+    with progress(total=total, initial=at.epoch * per_epoch + at.batch, desc=desc) as bar, \
+            StopOnSigterm() as stop:
+        for epoch in range(at.epoch, epochs):
+            data.epoch = epoch
+            at.loader_rng = generator.get_state()
+            order = torch.randperm(len(data), generator=generator)[:per_epoch * batch_size]
+            batches = order.view(per_epoch, batch_size)[at.batch:].tolist()
+            loader = DataLoader(data, batch_sampler=batches, num_workers=num_workers, generator=generator,
+                                worker_init_fn=ignore_sigterm)
+            model.train()
+            for batch in loader:
+                step = epoch * per_epoch + at.batch
+                for group in opt.param_groups:
+                    group["lr"] = poly_lr(lr, step, total)
+                batch = [x.to(device) for x in batch]
+                with autocast(device):
+                    loss = loss_fn(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                at.running += loss.item()
+                at.batch += 1
+                if board is not None:
+                    board.add_scalar("loss", loss.item(), step)
+                    board.add_scalar("lr", opt.param_groups[0]["lr"], step)
+                bar.update()
+                if resume and at.batch < per_epoch and (stop.requested or resume.due()):
+                    resume.save(model, opt, generator, at)
+                if stop.requested:
+                    break
+            if at.batch == per_epoch:
+                at.losses.append(at.running / per_epoch)
+                at.epoch, at.batch, at.running = epoch + 1, 0, 0.0
+                bar.set_postfix(loss=f"{at.losses[-1]:.4f}")
+                log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, at.losses[-1])
+                if resume:
+                    resume.save(model, opt, generator, at)
+            if stop.requested:
+                where = f"state saved to {resume.path}, a rerun resumes" if resume else "no resumable state"
+                raise Preempted(f"{desc} stopped by SIGTERM at epoch {at.epoch + 1} of {epochs}, batch "
+                                f"{at.batch}: {where}")
     if board is not None:
         board.close()
-    return losses
+    return at.losses
 
 
 def _tensorboard(log_dir):
