@@ -1,19 +1,47 @@
-"""Atomic file output: a later stage must never see a half-written file."""
+"""Atomic file output: a later stage must never see a half-written file, nor a full disk a leftover one."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+
+from locseg.logs import StageStop
+
+
+class DiskFull(StageStop, OSError):
+    """ENOSPC while writing an output: which output, roughly how much it needs, and that nothing is left."""
+
+    def __init__(self, path: Path, written: int, needs: int | None):
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        need = f"about {_human(needs)}" if needs else f"more than {_human(written)}"
+        super().__init__(errno.ENOSPC, f"no space left on device writing {path}: it needs {need} "
+                                       f"({_human(written)} written when the disk filled, {_human(free)} free "
+                                       f"in {path.parent} now); the partial output was removed")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception chain (torch and h5py wrap the OSError or only quote it)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, needs: Callable[[int], int | None] | None = None):
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
 
-    Works for files and directories. On failure the temporary is removed and `path` is untouched.
+    Works for files and directories. On failure the temporary is removed and `path` is untouched; when the
+    disk filled up, `DiskFull` says so, with `needs(bytes written)` as the estimated full size if given.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,8 +52,30 @@ def atomic_path(path: str | os.PathLike):
         if path.is_dir() and tmp.is_dir():
             _remove(path)
         os.replace(tmp, path)
+    except BaseException as e:
+        if not is_disk_full(e):
+            raise
+        written = _size(tmp)
+        _remove(tmp)
+        raise DiskFull(path, written, needs(written) if needs else None) from None
     finally:
         _remove(tmp)
+
+
+def _size(p: Path) -> int:
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size if p.exists() else 0
+
+
+def _human(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KB", "MB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GB"
 
 
 def _remove(p: Path) -> None:

@@ -103,11 +103,12 @@ class StoreWriter:
     """Write a store to `<path>.tmp`; it is renamed onto `path` only when the writer closes cleanly.
 
     A reader (or Snakemake) never sees a half-written store: an exception inside the `with` block, or
-    `abort()`, removes the temporary and leaves no file at `path`.
+    `abort()`, removes the temporary and leaves no file at `path`. A full disk raises `fsutil.DiskFull`,
+    which estimates the store's size from the `expected` number of images.
     """
 
     def __init__(self, path, kind: str, class_names: list[str], scales=(), model_sha256: str = "",
-                 config: dict | None = None):
+                 config: dict | None = None, expected: int | None = None):
         self.path = Path(path)
         if kind not in KINDS:
             raise ValueError(f"{self.path}: kind must be one of {KINDS}, got {kind!r}")
@@ -124,25 +125,28 @@ class StoreWriter:
         self.kind, self.class_names = kind, class_names
         self._ids: list[str] = []
         self._seen: set[str] = set()
-        self._atomic = atomic_path(self.path)
+        self._expected = expected
+        self._atomic = atomic_path(self.path, needs=self._needs)
         self._tmp = self._atomic.__enter__()
         try:
-            self._h5 = h5py.File(self._tmp, "w")
+            # No chunk cache: every chunk is written once, and a write that fails (disk full) raises here
+            # instead of later, in h5py's object destructors, as a wall of ignored exceptions.
+            self._h5 = h5py.File(self._tmp, "w", rdcc_nbytes=0)
             a = self._h5.attrs
             a["format"], a["version"], a["kind"] = FORMAT, VERSION, kind
             a["class_names"] = class_names
             a["scales"] = np.asarray([float(s) for s in scales], dtype=np.float64)
             a["model_sha256"] = str(model_sha256)
             a["config"] = config_json
-        except BaseException:
-            self._finish(ok=False)
+        except BaseException as e:
+            self._finish(e)
             raise
 
     def __enter__(self) -> "StoreWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self._finish(ok=exc_type is None)
+        self._finish(exc)
         return False
 
     @property
@@ -194,32 +198,38 @@ class StoreWriter:
 
     def close(self) -> None:
         """Finish the file and move it onto `path`."""
-        self._finish(ok=True)
+        self._finish(None)
 
     def abort(self) -> None:
         """Drop everything written so far; no file appears at `path`."""
-        self._finish(ok=False)
+        self._finish(_Aborted())
 
-    def _finish(self, ok: bool) -> None:
+    def _needs(self, written: int) -> int | None:
+        """The whole store's size, extrapolated from the images written so far."""
+        return written * self._expected // len(self._ids) if self._expected and self._ids else None
+
+    def _finish(self, error: BaseException | None) -> None:
+        """Close the file, then rename it onto `path`, or remove it if `error` (or closing) failed the store."""
         if self._atomic is None:
             return
         atomic, self._atomic = self._atomic, None
         h5, self._h5 = getattr(self, "_h5", None), None
+        closing_error = None
         try:
             if h5 is not None:
-                if ok:
+                if error is None:
                     h5.create_dataset(IDS_DATASET, data=np.array(self._ids, dtype=object),
                                       dtype=h5py.string_dtype())
                 h5.close()
-        except BaseException:
-            ok = False
-            raise
-        finally:
-            if ok:
-                atomic.__exit__(None, None, None)  # renames <path>.tmp onto path
-            else:
-                err = _Aborted()
-                atomic.__exit__(_Aborted, err, None)  # removes <path>.tmp; returns False, raises nothing
+        except Exception as e:  # noqa: BLE001 - reported below, after the temporary is gone
+            closing_error = e
+        error = error or closing_error
+        if error is None:
+            atomic.__exit__(None, None, None)  # renames <path>.tmp onto path
+            return
+        atomic.__exit__(type(error), error, error.__traceback__)  # removes <path>.tmp; DiskFull if disk full
+        if closing_error is not None and error is closing_error:
+            raise closing_error
 
 
 class _Aborted(Exception):
@@ -504,7 +514,7 @@ def import_npy(npy_dir, ids: list[str], out_path, class_names, allow_pickle: boo
     if not allow_pickle:
         raise ValueError(f"{npy_dir}: IRN/SEAM CAM .npy files are pickled dicts, and unpickling can run "
                          f"arbitrary code; pass allow_pickle=True only if you trust the files")
-    with StoreWriter(out_path, kind="cam", class_names=class_names, config=config) as w:
+    with StoreWriter(out_path, kind="cam", class_names=class_names, config=config, expected=len(ids)) as w:
         for image_id in ids:
             path = npy_dir / f"{image_id}.npy"
             if not path.is_file():

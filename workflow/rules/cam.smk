@@ -17,6 +17,7 @@ rule train_cam:
         data=lambda wc: data_version(SPLITS["cam"], "images"),
         code=code_version("train_cam"),
         tensorboard=f"{RESULTS}/tensorboard/train_cam",
+        resume=resume_path("train_cam"),
     threads: 2
     resources:
         gpu=1,

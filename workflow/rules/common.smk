@@ -105,6 +105,12 @@ def bench_path(rule_name, pattern=None):
     return f"{RESULTS}/benchmarks/{rule_name}/{pattern}.tsv" if pattern else f"{RESULTS}/benchmarks/{rule_name}.tsv"
 
 
+def resume_path(name):
+    """A training job's resumable state (locseg/resume.py): not an output, so Snakemake keeps it when the job
+    is killed, and the rerun continues from it."""
+    return f"{RESULTS}/resume/{name}.pt"
+
+
 # Input functions of the stage rules. They name rules.X outputs, looked up only when called (after every
 # rule file is read).
 

@@ -16,6 +16,7 @@ rule train_deeplab:
         data=lambda wc: data_version(SPLITS["pseudo"], "images", *(["masks"] if wc.labels == "gt" else [])),
         code=code_version("train_deeplab"),
         tensorboard=f"{RESULTS}/tensorboard/train_deeplab_{{labels}}",
+        resume=resume_path("train_deeplab_{labels}"),
     threads: 2
     resources:
         gpu=1,

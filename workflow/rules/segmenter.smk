@@ -18,6 +18,7 @@ rule train_segmenter:
         data=lambda wc: data_version(EXTERNAL, "images"),
         code=code_version("train_segmenter"),
         tensorboard=f"{RESULTS}/tensorboard/train_segmenter",
+        resume=resume_path("train_segmenter"),
     threads: 2
     resources:
         gpu=1,

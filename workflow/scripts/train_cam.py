@@ -2,6 +2,7 @@
 
 from locseg.cam import cam_from_weights, train_cam
 from locseg.logs import log_to
+from locseg.resume import TrainState
 from locseg.sources import images_and_labels
 from locseg.train import config_hash, set_threads
 
@@ -13,6 +14,7 @@ with log_to(snakemake.log[0]):
         cam_from_weights(cfg["classes"], snakemake.output.model, backbone=params["backbone"],
                          weights=params["weights"], output_stride=params["output_stride"], meta=meta)
     else:
+        state = TrainState(snakemake.params.resume, dict(snakemake.params.items()), snakemake.input)
         train_cam(
             *images_and_labels(cfg, split, snakemake.input.labels),
             cfg["classes"],
@@ -21,6 +23,8 @@ with log_to(snakemake.log[0]):
             seed=snakemake.params.seed,
             device=cfg["device"],
             num_workers=cfg["num_workers"],
-        tensorboard_dir=snakemake.params.tensorboard,
+            tensorboard_dir=snakemake.params.tensorboard,
             meta=meta,
+            resume=state,
         )
+        state.remove()  # the checkpoint is written

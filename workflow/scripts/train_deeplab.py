@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from locseg.logs import log_to
+from locseg.resume import TrainState
 from locseg.retrain import train_deeplab
 from locseg.sources import gt_paths, image_paths
 from locseg.train import config_hash, set_threads
@@ -15,6 +16,7 @@ with log_to(snakemake.log[0]):
         masks = {i: Path(snakemake.input.masks) / f"{i}.png" for i in images}
     else:
         masks = gt_paths(cfg, split)
+    state = TrainState(snakemake.params.resume, dict(snakemake.params.items()), snakemake.input)
     train_deeplab(
         images, masks, cfg["classes"], snakemake.output.model,
         **snakemake.params.train,
@@ -22,5 +24,7 @@ with log_to(snakemake.log[0]):
         device=cfg["device"],
         num_workers=cfg["num_workers"],
         tensorboard_dir=snakemake.params.tensorboard,
+        resume=state,
         meta={"labels": labels, "split": split, "config_hash": config_hash(snakemake.params.train)},
     )
+    state.remove()  # the checkpoint is written

@@ -1,6 +1,7 @@
 """Rule train_segmenter: the class-agnostic segmenter on COCO-layout masks."""
 
 from locseg.logs import log_to
+from locseg.resume import TrainState
 from locseg.reseg import train_segmenter
 from locseg.sources import coco_split
 from locseg.train import config_hash, set_threads
@@ -10,6 +11,7 @@ with log_to(snakemake.log[0]):
     cfg = snakemake.config
     params = dict(snakemake.params.train)
     params.pop("cue")  # the cue is decided by which stores come in
+    state = TrainState(snakemake.params.resume, dict(snakemake.params.items()), snakemake.input)
     train_segmenter(
         coco_split(cfg),
         list(snakemake.input.cams) or None,
@@ -20,5 +22,7 @@ with log_to(snakemake.log[0]):
         device=cfg["device"],
         num_workers=cfg["num_workers"],
         tensorboard_dir=snakemake.params.tensorboard,
+        resume=state,
         meta={"config_hash": config_hash(snakemake.params.train)},
     )
+    state.remove()  # the checkpoint is written
