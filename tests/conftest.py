@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 import torch
 
@@ -63,3 +66,25 @@ def imagenet_home(tmp_path_factory):
         planted[backbone] = planted_imagenet_state(backbone)
         torch.save(planted[backbone], checkpoints / imagenet_weights(backbone).url.rsplit("/", 1)[-1])
     return home, planted
+
+
+@pytest.fixture
+def small_fs():
+    """`small_fs(directory, size)` mounts a size-limited tmpfs there (a disk that fills up for real); root
+    only, the test skips elsewhere. Unmounted after the test."""
+    mounted = []
+
+    def mount(directory, size: str = "32k"):
+        directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(directory)
+        return directory
+
+    yield mount
+    for directory in reversed(mounted):
+        subprocess.run(["umount", str(directory)], check=True)

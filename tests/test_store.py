@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import pickle
+import subprocess
+import sys
 import tracemalloc
 
 import h5py
@@ -12,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from locseg import store as st
+from locseg.fsutil import DiskFull
 from locseg.store import (FORMAT, VERSION, ShardedStore, StoreReader, StoreWriter, export_npy, file_sha256,
                           import_npy)
 
@@ -413,3 +417,43 @@ def test_file_sha256(tmp_path):
 def test_compression_choice_is_recorded():
     assert st.COMPRESSION == {"compression": "gzip", "compression_opts": 4, "shuffle": True}
     assert "Choice: gzip level 4" in st.__doc__
+
+
+def test_disk_full_leaves_no_temporary_and_estimates_the_size(tmp_path, monkeypatch):
+    """Fault-injected: the third image's write fails with ENOSPC."""
+    create, calls = st._create_maps, []
+
+    def fill_up(group, name, data):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        create(group, name, data)
+
+    monkeypatch.setattr(st, "_create_maps", fill_up)
+    p = tmp_path / "s.h5"
+    with pytest.raises(DiskFull, match=f"no space left on device writing {p}: it needs about .* written when"):
+        write_store(p, make_images(n=5), expected=20)
+    assert list(tmp_path.iterdir()) == []
+
+
+_FILL = """
+import sys, numpy as np
+from locseg.fsutil import DiskFull
+from locseg.store import StoreWriter
+try:
+    with StoreWriter(sys.argv[1], "cam", ["bg", "a", "b"], expected=50) as w:
+        for i in range(50):
+            w.write(f"im{i}", np.random.default_rng(i).random((2, 40, 40)), [1, 2])
+except DiskFull as e:
+    print(e)
+"""
+
+
+def test_store_on_a_full_filesystem(tmp_path, small_fs):
+    """A real full disk: one DiskFull, no h5py destructor noise, no crash, nothing left on the disk."""
+    disk = small_fs(tmp_path / "disk", "32k")
+    proc = subprocess.run([sys.executable, "-c", _FILL, str(disk / "s.h5")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"no space left on device writing {disk / 's.h5'}: it needs about")
+    assert proc.stderr == ""
+    assert list(disk.iterdir()) == []

@@ -14,17 +14,22 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True, repo: Path = REPO):
-    """`snakemake` on the repo's Snakefile (or a copy's) with the default + tiny configs (+ overrides) in
-    `workdir`."""
+def snakemake_cmd(workdir: Path, *args: str, overrides: dict | None = None, repo: Path = REPO) -> list[str]:
+    """The command line of `snakemake` (below), for tests that start it with Popen."""
     configs = [str(repo / "config" / "config.yaml"), str(repo / "config" / "tiny.yaml")]
     if overrides:
         extra = workdir / f"override_{abs(hash(repr(overrides)))}.yaml"
         extra.write_text(yaml.safe_dump(overrides))
         configs.append(str(extra))
     # --configfile takes every following word: targets and flags must come before it.
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--cores", "2", *args,
-           "--configfile", *configs]
+    return [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--cores", "2", *args,
+            "--configfile", *configs]
+
+
+def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True, repo: Path = REPO):
+    """`snakemake` on the repo's Snakefile (or a copy's) with the default + tiny configs (+ overrides) in
+    `workdir`."""
+    cmd = snakemake_cmd(workdir, *args, overrides=overrides, repo=repo)
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

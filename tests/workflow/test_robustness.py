@@ -1,18 +1,20 @@
-"""Determinism and crash safety of the real DAG: same seed -> same bytes; kill -9 -> clean rerun."""
+"""Determinism and crash safety of the real DAG: same seed -> same bytes; kill -9 or SIGTERM -> the rerun
+resumes training and ends with the same bytes."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import signal
 import subprocess
-import sys
 import time
+from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.workflow.conftest import REPO, snakemake
+from tests.workflow.conftest import snakemake, snakemake_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -29,35 +31,99 @@ def test_two_runs_with_one_seed_are_byte_identical(tiny_run, tmp_path):
     assert first and first == second
 
 
-def test_killed_run_reruns_to_the_same_results(tmp_path):
-    """SIGKILL the whole job tree while the segmenter trains, rerun, and get a clean run's outputs.
+LONGER = {"segmenter": {"epochs": 6}}  # long enough to interrupt between its first saved epoch and its end
+SEGMENTER = "results/models/segmenter.pt"
+STATE = "results/resume/train_segmenter.pt"
+SEG_LOG = "results/logs/train_segmenter.log"
 
-    The segmenter trains longer than in the tiny config, so the kill surely lands inside its training;
-    the reference is an uninterrupted run with the same settings."""
-    longer = {"segmenter": {"epochs": 30}}
-    killed, clean = tmp_path / "killed", tmp_path / "clean"
-    killed.mkdir()
-    clean.mkdir()
-    extra = killed / "longer.yaml"
-    extra.write_text(yaml.safe_dump(longer))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2", "--configfile",
-           str(REPO / "config/config.yaml"), str(REPO / "config/tiny.yaml"), str(extra)]
-    proc = subprocess.Popen(cmd, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    log = killed / "results/logs/train_segmenter.log"
-    deadline = time.monotonic() + 300
+
+@pytest.fixture(scope="module")
+def before_segmenter(tmp_path_factory) -> Path:
+    """A run of everything train_segmenter needs, copied by each test that interrupts the segmenter."""
+    workdir = tmp_path_factory.mktemp("before_segmenter")
+    snakemake(workdir, SEGMENTER, "--omit-from", "train_segmenter", overrides=LONGER)
+    return workdir
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def clean_segmenter(before_segmenter, tmp_path_factory) -> bytes:
+    """The segmenter checkpoint of an uninterrupted run."""
+    workdir = _copy(before_segmenter, tmp_path_factory.mktemp("clean"))
+    snakemake(workdir, SEGMENTER, overrides=LONGER)
+    return (workdir / SEGMENTER).read_bytes()
+
+
+def _interrupt(workdir: Path, sig: int) -> tuple[int, float]:
+    """Start the segmenter's training and send `sig` to the whole job tree (as SLURM does) once it has saved
+    an epoch. Returns Snakemake's exit code and the seconds it took to exit after the signal."""
+    proc = subprocess.Popen(snakemake_cmd(workdir, SEGMENTER, overrides=LONGER), cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if log.is_file() and "epoch 1/30" in log.read_text():
-                break
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None and not (workdir / STATE).is_file():
             time.sleep(0.1)
-        assert proc.poll() is None, "the run ended before it could be killed"
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert "epoch 6/6" not in (workdir / SEG_LOG).read_text(), "training ended before the signal"
+        sent = time.monotonic()
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=120)
+        return proc.returncode, time.monotonic() - sent
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert not (killed / "results/models/segmenter.pt").exists()
-    snakemake(killed, "--unlock", overrides=longer)
-    snakemake(killed, overrides=longer)
-    snakemake(clean, overrides=longer)
-    assert not list(killed.glob("results/**/*.tmp"))
-    assert _digests(killed) == _digests(clean)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _epochs(log: str) -> list[int]:
+    return [int(k) for k in re.findall(r"INFO epoch (\d+)/6 ", log)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_interrupted_training_resumes_to_the_same_checkpoint(before_segmenter, clean_segmenter, tmp_path, sig):
+    """Killed (or preempted) after >= 1 saved epoch, the rerun resumes, trains only the remaining epochs and
+    writes the uninterrupted run's bytes; nothing is left behind."""
+    workdir = _copy(before_segmenter, tmp_path)
+    code, seconds = _interrupt(workdir, sig)
+    assert not (workdir / SEGMENTER).exists() and (workdir / STATE).is_file()
+    if sig == signal.SIGTERM:
+        assert code != 0 and seconds < 30, (code, seconds)
+        log = (workdir / SEG_LOG).read_text()
+        assert "stopped by SIGTERM" in log.splitlines()[-1] and "Traceback" not in log
+    snakemake(workdir, "--unlock", overrides=LONGER)
+    snakemake(workdir, SEGMENTER, overrides=LONGER)
+    log = (workdir / SEG_LOG).read_text()
+    resumed = re.search(r"resumed at epoch (\d+) of 6", log)
+    assert resumed and int(resumed.group(1)) >= 2, log
+    assert _epochs(log) == list(range(int(resumed.group(1)), 7))
+    assert (workdir / SEGMENTER).read_bytes() == clean_segmenter
+    assert not (workdir / STATE).exists()
+    assert not list(workdir.glob("results/**/*.tmp"))
+
+
+def test_changed_param_after_a_kill_starts_fresh(before_segmenter, tmp_path):
+    workdir = _copy(before_segmenter, tmp_path)
+    _interrupt(workdir, signal.SIGKILL)
+    snakemake(workdir, "--unlock", overrides=LONGER)
+    snakemake(workdir, SEGMENTER, overrides={"segmenter": {"epochs": 6, "lr": 0.001}})
+    log = (workdir / SEG_LOG).read_text()
+    assert f"not resuming from {STATE}: params changed: train.lr 0.002 -> 0.001; starting fresh" in log
+    assert "resumed" not in log and _epochs(log) == list(range(1, 7))
+
+
+def test_full_disk_ends_the_job_with_one_line_and_leaves_nothing(before_segmenter, tmp_path, small_fs):
+    """extract_cams writing its store onto a 32 KB filesystem: the job fails, its log ends with which path
+    ran out of space and how much it needs (no h5py traceback wall), and no temporary is left on the disk."""
+    workdir = _copy(before_segmenter, tmp_path)
+    disk = small_fs(workdir / "results/cams/coco", "32k")  # hides the stores there: the job reruns
+    target = "results/cams/coco/000.h5"
+    proc = snakemake(workdir, target, overrides=LONGER, check=False)
+    assert proc.returncode != 0
+    log = (workdir / "results/logs/extract_cams/coco/000.log").read_text()
+    assert f"ERROR no space left on device writing {target}: it needs " in log.splitlines()[-1], log[-3000:]
+    assert "Traceback" not in log and "dealloc" not in log
+    assert list(disk.iterdir()) == []
