@@ -63,9 +63,9 @@ def atomic_path(path: str | os.PathLike, needs: Callable[[int], int | None] | No
 
 
 def _size(p: Path) -> int:
-    if p.is_dir():
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    return p.stat().st_size if p.exists() else 0
+    """Bytes on disk (HDF5 leaves holes: its logical size can exceed what the disk gave it)."""
+    files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p] if p.exists() else []
+    return sum(min(st.st_size, st.st_blocks * 512) for st in (f.stat() for f in files))
 
 
 def _human(n: float) -> str:
