@@ -6,7 +6,8 @@ deletes an incomplete output before it reruns a job, never this file). It holds 
 the position (epochs done, batches done in the current epoch; the poly LR follows from them), the losses so
 far and every random generator a step draws from: Python, numpy, torch (CPU and CUDA), and the DataLoader
 generator as it was when the epoch began (the epoch's shuffled order is drawn again from it and the batches
-already trained are skipped).
+already trained are skipped by index, without loading them). The DataLoader workers' own generators are not
+saved: the training sets seed each sample's augmentation by (seed, epoch, index) instead.
 
 `locseg.train.fit` writes it atomically after every epoch, every `every_s` seconds inside long epochs, and
 at the next step boundary after SIGTERM (what SLURM sends at a time limit or on preemption, ~30 s before
@@ -18,6 +19,7 @@ changed. The caller removes it once the job's output is written (`TrainState.rem
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import BatchSampler, RandomSampler, Sampler
 
 from locseg import __version__
 from locseg.fsutil import atomic_path
@@ -191,6 +194,21 @@ class TrainState:
     def remove(self) -> None:
         """Drop the state: the job's output is complete (or the state is stale)."""
         self.path.unlink(missing_ok=True)
+
+
+class SkipBatches(Sampler):
+    """One epoch's shuffled full batches less the first `skip` (trained before a resume). The generator
+    draws exactly as a DataLoader with shuffle=True, drop_last=True would, wherever a run was resumed."""
+
+    def __init__(self, data, batch_size: int, generator: torch.Generator, skip: int = 0):
+        self.batches = BatchSampler(RandomSampler(data, generator=generator), batch_size, drop_last=True)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(self.batches, self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.skip
 
 
 class StopOnSigterm:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from locseg import __version__
 from locseg.fsutil import atomic_path
-from locseg.resume import Preempted, Progress, StopOnSigterm, TrainState, ignore_sigterm
+from locseg.resume import Preempted, Progress, SkipBatches, StopOnSigterm, TrainState, ignore_sigterm
 
 log = logging.getLogger("locseg")
 
@@ -173,7 +173,7 @@ def fit(model: torch.nn.Module, data, loss_fn, *, device: torch.device, generato
 
     With `resume` (see locseg/resume.py) training continues from a matching saved state, saves one after
     every epoch (and every `resume.every_s` inside an epoch), and on SIGTERM saves at the next step boundary
-    and raises `Preempted`. Each epoch's order is one `randperm` of the generator, so it can be drawn again."""
+    and raises `Preempted`."""
     if len(data) < 2:
         raise ValueError(f"{desc} needs at least 2 training samples, found {len(data)}")
     batch_size = min(batch_size, len(data))
@@ -188,10 +188,8 @@ def fit(model: torch.nn.Module, data, loss_fn, *, device: torch.device, generato
         for epoch in range(at.epoch, epochs):
             data.epoch = epoch
             at.loader_rng = generator.get_state()
-            order = torch.randperm(len(data), generator=generator)[:per_epoch * batch_size]
-            batches = order.view(per_epoch, batch_size)[at.batch:].tolist()
-            loader = DataLoader(data, batch_sampler=batches, num_workers=num_workers, generator=generator,
-                                worker_init_fn=ignore_sigterm)
+            loader = DataLoader(data, batch_sampler=SkipBatches(data, batch_size, generator, at.batch),
+                                num_workers=num_workers, generator=generator, worker_init_fn=ignore_sigterm)
             model.train()
             for batch in loader:
                 step = epoch * per_epoch + at.batch
