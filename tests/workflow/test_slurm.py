@@ -71,22 +71,28 @@ def _cancel(job_ids):
         subprocess.run(["scancel", *sorted(job_ids)], capture_output=True, timeout=30)
 
 
-def test_tiny_dag_on_slurm_matches_local_run(slurm_node, tiny_run, tmp_path):
+def _slurm_cmd(slurm_node, *targets: str, configs=()) -> list[str]:
+    """snakemake with profiles/slurm on the test cluster: the tiny config (+ `configs`), local sizes."""
     # Cluster-sized memory would run one job at a time here: let at least two fit on the node.
+    mem_mb = max(100, min(1000, slurm_node.real_memory_mb // 4))
+    return [sys.executable, "-m", "snakemake", *targets, "-s", str(REPO / "Snakefile"),
+            "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "tiny.yaml"), *configs,
+            "--profile", str(PROFILE), "--workflow-profile", "none",
+            # local-cluster values only; everything else comes from the profile
+            "--default-resources", f"slurm_partition={slurm_node.partition}", f"mem_mb={mem_mb}", "runtime=30",
+            "--set-resources", *[f"{rule}:mem_mb={mem_mb}" for rule in HEAVY],
+            "--slurm-no-account",                      # no accounting on the test cluster
+            "--slurm-status-command", "squeue",        # no sacct without slurmdbd
+            "--slurm-init-seconds-before-status-checks", "2",
+            "--slurm-keep-successful-logs",
+            "--latency-wait", "5", "--jobs", "4"]
+
+
+def test_tiny_dag_on_slurm_matches_local_run(slurm_node, tiny_run, tmp_path):
     mem_mb = max(100, min(1000, slurm_node.real_memory_mb // 4))
     workdir = tmp_path / "slurm_run"
     workdir.mkdir()
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-           "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "tiny.yaml"),
-           "--profile", str(PROFILE), "--workflow-profile", "none",
-           # local-cluster values only; everything else comes from the profile
-           "--default-resources", f"slurm_partition={slurm_node.partition}", f"mem_mb={mem_mb}", "runtime=30",
-           "--set-resources", *[f"{rule}:mem_mb={mem_mb}" for rule in HEAVY],
-           "--slurm-no-account",                      # no accounting on the test cluster
-           "--slurm-status-command", "squeue",        # no sacct without slurmdbd
-           "--slurm-init-seconds-before-status-checks", "2",
-           "--slurm-keep-successful-logs",
-           "--latency-wait", "5", "--jobs", "4"]
+    cmd = _slurm_cmd(slurm_node)
     watcher = JobWatcher()
     watcher.start()
     start = time.monotonic()
@@ -142,3 +148,40 @@ def test_tiny_dag_on_slurm_matches_local_run(slurm_node, tiny_run, tmp_path):
     assert local_masks and slurm_masks == local_masks
     differ = [str(p) for p in local_masks if (workdir / p).read_bytes() != (tiny_run / p).read_bytes()]
     assert not differ, f"masks differ from the local run: {differ}"
+
+
+def test_requeued_training_job_resumes(slurm_node, tmp_path):
+    """Preemption with requeue, as SLURM does it: `scontrol requeue` stops train_segmenter once it has saved
+    an epoch (SIGTERM, SIGKILL after KillWait) and queues the same job again; the job resumes from its saved
+    state and Snakemake finishes without noticing."""
+    workdir = tmp_path / "requeue"
+    workdir.mkdir()
+    longer = workdir / "longer.yaml"
+    longer.write_text("segmenter:\n  epochs: 6\n")  # time to requeue between the first saved epoch and the end
+    state, log = workdir / "results/resume/train_segmenter.pt", workdir / "results/logs/train_segmenter.log"
+    with open(workdir / "snakemake.out", "w") as out:
+        proc = subprocess.Popen(_slurm_cmd(slurm_node, "results/models/segmenter.pt", configs=[str(longer)]),
+                                cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    job_id = None
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None and not state.is_file():
+            time.sleep(0.5)
+        assert state.is_file(), "train_segmenter never saved a state"
+        queue = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True, timeout=15).stdout
+        job_id = next(j for j, comment in (line.split(maxsplit=1) for line in queue.splitlines())
+                      if comment.startswith("rule_train_segmenter"))
+        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True, timeout=30)
+        proc.wait(timeout=max(60.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=60)
+            _cancel({job_id} if job_id else set())
+    text = (workdir / "snakemake.out").read_text()
+    assert proc.returncode == 0, text[-4000:]
+    job = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
+                         timeout=15).stdout
+    assert "Restarts=1" in job, job
+    assert re.search(r"resumed at epoch \d of 6", log.read_text()), log.read_text()[-3000:]
+    assert (workdir / "results/models/segmenter.pt").is_file() and not state.exists()
