@@ -12,7 +12,7 @@ saved: the training sets seed each sample's augmentation by (seed, epoch, index)
 `locseg.train.fit` writes it atomically after every epoch, every `every_s` seconds inside long epochs, and
 at the next step boundary after SIGTERM (what SLURM sends at a time limit or on preemption, ~30 s before
 SIGKILL), then stops with `Preempted`. A state is resumed only if its fingerprint (the job's params, its
-inputs' contents, the locseg version) equals the current one; otherwise it is deleted and the log says what
+inputs' sha256, the locseg version) equals the current one; otherwise it is deleted and the log says what
 changed. The caller removes it once the job's output is written (`TrainState.remove`).
 """
 
@@ -36,6 +36,7 @@ from torch.utils.data import BatchSampler, RandomSampler, Sampler
 from locseg import __version__
 from locseg.fsutil import atomic_path
 from locseg.logs import StageStop
+from locseg.store import file_sha256
 
 log = logging.getLogger("locseg")
 
@@ -69,11 +70,7 @@ def _file_fingerprint(path: Path) -> str:
     stat = path.stat()
     if stat.st_size > HASH_LIMIT:
         return f"size {stat.st_size} mtime_ns {stat.st_mtime_ns}"
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def input_fingerprint(path) -> str:

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from locseg.resume import Preempted, TrainState
+from locseg import resume
+from locseg.resume import Preempted, TrainState, input_fingerprint
 from locseg.train import fit, save_checkpoint, seed_everything
 
 EPOCHS, BATCH = 3, 4
@@ -128,3 +129,19 @@ def test_finished_state_trains_nothing_more(tmp_path, reference):
     assert _train(tmp_path, _state(tmp_path), _loss(calls)) == reference and not calls
     state.remove()
     assert not state.path.exists()
+
+
+def test_input_fingerprint_of_files_and_directories(tmp_path, monkeypatch):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "a.png").write_bytes(b"a")
+    (masks / "b.png").write_bytes(b"b")
+    first = input_fingerprint(masks)
+    (masks / "b.png").write_bytes(b"c")
+    assert input_fingerprint(masks) != first
+    (masks / "b.png").write_bytes(b"b")
+    assert input_fingerprint(masks) == first
+    (masks / "b.png").rename(masks / "c.png")
+    assert input_fingerprint(masks) != first
+    monkeypatch.setattr(resume, "HASH_LIMIT", 0)  # a big file: size and mtime, not read
+    assert input_fingerprint(masks / "a.png").startswith("size 1 mtime_ns ")
