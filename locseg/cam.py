@@ -212,7 +212,8 @@ def extract_cams(
     items = prefetch(data, workers, pin_memory=dev.type == "cuda")  # forks before the writer thread exists
     bar = progress(total=len(ids), desc=f"extract_cams {Path(out_path).name}")
     with StoreWriter(out_path, "cam", class_names, scales=list(scales), model_sha256=file_sha256(checkpoint),
-                     config=config, expected=len(ids)) as store, BackgroundWriter(store, max_pending=max(2, batch_size)) as writer:
+                     config=config, expected=len(ids)) as store, \
+            BackgroundWriter(store, max_pending=max(2, batch_size)) as writer:
         for bucket in buckets(items, batch_size, key=lambda item: tuple(item[1].shape[:2])):
             maps = infer_cams_batch(cams_fn, [im for _, im, _ in bucket], [c for _, _, c in bucket],
                                     scales, flip, dev, max_side)
