@@ -5,6 +5,7 @@ rule train_cam:
     """Multi-label classifier on the image-level labels of the CAM split."""
     input:
         labels=f"{RESULTS}/labels/{SPLITS['cam']}.json",
+        split=split_file(SPLITS["cam"]),
         weights=weights_input("cam"),
     output:
         model=f"{RESULTS}/models/cam.pt",

@@ -35,7 +35,7 @@ rule validate_dataset:
         coco=config["coco"]["annotations"],
     output:
         splits=[split_file(s) for s in [*VOC_SPLITS, EXTERNAL]],
-        report=f"{RESULTS}/validate/report.json",
+        report=report(f"{RESULTS}/validate/report.json", caption="../report/validation.rst", category="Dataset"),
     params:
         on_bad_image=config["on_bad_image"],
         classes=config["classes"],

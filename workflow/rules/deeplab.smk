@@ -5,6 +5,7 @@ rule train_deeplab:
     """DeepLabV3, cross-entropy with 255 ignored, poly LR, on the pseudo split's images."""
     input:
         unpack(deeplab_label_inputs),
+        split=split_file(SPLITS["pseudo"]),
         weights=weights_input("deeplab"),
     output:
         model=f"{RESULTS}/models/deeplab_{{labels}}.pt",

@@ -36,6 +36,7 @@ rule resegment:
     input:
         model=rules.train_segmenter.output.model,
         cams=rules.extract_cams.output.store,
+        split=lambda wc: split_file(wc.split),
     output:
         store=f"{RESULTS}/reseg/{{split}}/{{shard}}.h5",
     params:

@@ -11,9 +11,9 @@ with log_to(snakemake.log[0]):
     set_threads(snakemake.threads)
     cfg, split, imported = snakemake.config, snakemake.wildcards.split, snakemake.params.imported
     if imported:
-        paths = image_paths(cfg, split)
+        paths = image_paths(cfg, split, snakemake.input.split)
     else:
-        paths, labels = images_and_labels(cfg, split, snakemake.input.get("labels"))
+        paths, labels = images_and_labels(cfg, split, snakemake.input.split, snakemake.input.get("labels"))
     ids = shard_ids(list(paths), int(snakemake.wildcards.shard), snakemake.params.shards)
     config = {"cam": cfg["cam"], "seed": cfg["seed"], "split": split}
     if imported:

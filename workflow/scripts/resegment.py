@@ -11,7 +11,7 @@ with log_to(snakemake.log[0]):
     resegment(
         snakemake.input.model,
         snakemake.input.cams,
-        image_paths(cfg, snakemake.wildcards.split),
+        image_paths(cfg, snakemake.wildcards.split, snakemake.input.split),
         cfg["classes"],
         snakemake.output.store,
         **snakemake.params.reseg,

@@ -14,7 +14,7 @@ with log_to(snakemake.log[0]):
                          weights=params["weights"], output_stride=params["output_stride"], meta=meta)
     else:
         train_cam(
-            *images_and_labels(cfg, split, snakemake.input.labels),
+            *images_and_labels(cfg, split, snakemake.input.split, snakemake.input.labels),
             cfg["classes"],
             snakemake.output.model,
             **params,

@@ -10,11 +10,11 @@ from locseg.train import config_hash, set_threads
 with log_to(snakemake.log[0]):
     set_threads(snakemake.threads)
     cfg, split, labels = snakemake.config, snakemake.params.split, snakemake.wildcards.labels
-    images = image_paths(cfg, split)
+    images = image_paths(cfg, split, snakemake.input.split)
     if labels == "pseudo":
         masks = {i: Path(snakemake.input.masks) / f"{i}.png" for i in images}
     else:
-        masks = gt_paths(cfg, split)
+        masks = gt_paths(cfg, snakemake.input.split)
     train_deeplab(
         images, masks, cfg["classes"], snakemake.output.model,
         **snakemake.params.train,

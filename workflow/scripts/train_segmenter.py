@@ -11,7 +11,7 @@ with log_to(snakemake.log[0]):
     params = dict(snakemake.params.train)
     params.pop("cue")  # the cue is decided by which stores come in
     train_segmenter(
-        coco_split(cfg),
+        coco_split(cfg, snakemake.input.split),
         list(snakemake.input.cams) or None,
         cfg["classes"],
         snakemake.output.model,
