@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.workflow.conftest import REPO
 
@@ -25,6 +26,7 @@ from snakemake.scheduling.job_scheduler import JobScheduler
 from snakemake.workflow import Workflow
 
 init, seen = JobScheduler.__init__, {}
+plain = lambda resource: getattr(resource, "value", resource)
 
 def spy(self, workflow, *args, **kwargs):
     init(self, workflow, *args, **kwargs)
@@ -39,8 +41,8 @@ def spy(self, workflow, *args, **kwargs):
         Workflow.local_exec = local_exec
     for job in gpu_jobs:
         job._scheduler_resources = None
-    cap = workflow.global_resources.get("gpu")
-    seen.update(cap=getattr(cap, "value", cap), gpu_jobs=len(gpu_jobs),
+    seen.update(cap=plain(workflow.global_resources.get("gpu")), gpu_jobs=len(gpu_jobs),
+                threads={job.rule.name: plain(job.rule.resources["_cores"]) for job in workflow.dag.jobs},
                 executor=workflow.executor_plugin.name if workflow.executor_plugin else None,
                 cluster=cluster, local=[sorted(job._get_scheduler_resources()) for job in gpu_jobs])
 
@@ -53,8 +55,11 @@ print("SPY " + json.dumps(seen))
 """
 
 
-def scheduled_resources(workdir, *profile_args: str) -> dict:
+def scheduled_resources(workdir, *profile_args: str, overrides: dict | None = None) -> dict:
     configs = [str(REPO / "config" / "config.yaml"), str(REPO / "config" / "tiny.yaml")]
+    if overrides:
+        (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        configs.append(str(workdir / "overrides.yaml"))
     proc = subprocess.run([sys.executable, "-c", SPY, "-s", str(REPO / "Snakefile"), "-n", "--quiet", "all",
                            *profile_args, "--configfile", *configs], cwd=workdir, capture_output=True, text=True)
     line = [s for s in proc.stdout.splitlines() if s.startswith("SPY ")]
@@ -72,7 +77,10 @@ def test_workstation_caps_gpu_jobs(tmp_path):
                          ids=["profile", "workflow-profile"])
 def test_slurm_profile_never_serialises_gpu_jobs(tmp_path, profile_args):
     (tmp_path / "profiles").symlink_to(REPO / "profiles")
-    seen = scheduled_resources(tmp_path, *profile_args)
+    seen = scheduled_resources(tmp_path, *profile_args, overrides={"num_workers": 3, "inference": {"workers": 2}})
     assert seen["gpu_jobs"] == 12
     # Whatever cap a workflow profile left on, a cluster run does not count GPUs across jobs.
     assert not any("gpu" in r for r in seen["cluster"]), seen["cluster"]
+    # A job's cores (SLURM: --cpus-per-task) hold its DataLoader workers.
+    assert seen["threads"]["train_cam"] == seen["threads"]["train_deeplab"] == 2 + 3
+    assert seen["threads"]["extract_cams"] == seen["threads"]["resegment"] == 1 + 2

@@ -18,7 +18,7 @@ rule train_cam:
         data=lambda wc: data_version(SPLITS["cam"], "images"),
         code=code_version("train_cam"),
         tensorboard=f"{RESULTS}/tensorboard/train_cam",
-    threads: 2
+    threads: 2 + config["num_workers"]  # the model's threads + one core per DataLoader worker
     resources:
         gpu=1,
         mem_mb=8000,
@@ -43,7 +43,7 @@ rule extract_cams:
         shards=config["shards"],
         data=lambda wc: cam_data_version(wc.split),
         code=code_version("extract_cams"),
-    threads: 1
+    threads: 1 + config["inference"]["workers"]
     resources:
         gpu=1,
         mem_mb=4000,

@@ -17,7 +17,7 @@ rule train_deeplab:
         data=lambda wc: data_version(SPLITS["pseudo"], "images", *(["masks"] if wc.labels == "gt" else [])),
         code=code_version("train_deeplab"),
         tensorboard=f"{RESULTS}/tensorboard/train_deeplab_{{labels}}",
-    threads: 2
+    threads: 2 + config["num_workers"]  # the model's threads + one core per DataLoader worker
     resources:
         gpu=1,
         mem_mb=8000,

@@ -18,7 +18,7 @@ rule train_segmenter:
         data=lambda wc: data_version(EXTERNAL, "images"),
         code=code_version("train_segmenter"),
         tensorboard=f"{RESULTS}/tensorboard/train_segmenter",
-    threads: 2
+    threads: 2 + config["num_workers"]  # the model's threads + one core per DataLoader worker
     resources:
         gpu=1,
         mem_mb=8000,
@@ -43,7 +43,7 @@ rule resegment:
         reseg=pick("reseg", "rounds", "keep_rounds", "max_side"),
         data=lambda wc: data_version(wc.split, "images"),
         code=code_version("resegment"),
-    threads: 1
+    threads: 1 + config["inference"]["workers"]
     resources:
         gpu=1,
         mem_mb=4000,

@@ -8,7 +8,7 @@ from locseg.store import import_npy
 from locseg.train import set_threads
 
 with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
+    workers = set_threads(snakemake.threads, snakemake.config["inference"]["workers"])
     cfg, split, imported = snakemake.config, snakemake.wildcards.split, snakemake.params.imported
     if imported:
         paths = image_paths(cfg, split, snakemake.input.split)
@@ -30,5 +30,5 @@ with log_to(snakemake.log[0]):
             **snakemake.params.infer,
             device=cfg["device"],
             config=config,
-            **snakemake.config["inference"],  # speed only: never changes what is written
+            **{**snakemake.config["inference"], "workers": workers},  # speed only: never changes what is written
         )

@@ -6,7 +6,7 @@ from locseg.sources import image_paths
 from locseg.train import set_threads
 
 with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
+    workers = set_threads(snakemake.threads, snakemake.config["inference"]["workers"])
     cfg = snakemake.config
     resegment(
         snakemake.input.model,
@@ -17,5 +17,5 @@ with log_to(snakemake.log[0]):
         **snakemake.params.reseg,
         device=cfg["device"],
         config={"reseg": cfg["reseg"], "segmenter": cfg["segmenter"], "split": snakemake.wildcards.split},
-        **cfg["inference"],  # speed only: never changes what is written
+        **{**cfg["inference"], "workers": workers},  # speed only: never changes what is written
     )

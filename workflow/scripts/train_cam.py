@@ -6,7 +6,7 @@ from locseg.sources import images_and_labels
 from locseg.train import config_hash, set_threads
 
 with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
+    workers = set_threads(snakemake.threads, snakemake.config["num_workers"])
     cfg, split, params = snakemake.config, snakemake.params.split, snakemake.params.train
     meta = {"split": split, "config_hash": config_hash(params)}
     if snakemake.params.source == "weights":
@@ -20,7 +20,7 @@ with log_to(snakemake.log[0]):
             **params,
             seed=snakemake.params.seed,
             device=cfg["device"],
-            num_workers=cfg["num_workers"],
+            num_workers=workers,
         tensorboard_dir=snakemake.params.tensorboard,
             meta=meta,
         )

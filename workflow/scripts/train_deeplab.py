@@ -8,7 +8,7 @@ from locseg.sources import gt_paths, image_paths
 from locseg.train import config_hash, set_threads
 
 with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
+    workers = set_threads(snakemake.threads, snakemake.config["num_workers"])
     cfg, split, labels = snakemake.config, snakemake.params.split, snakemake.wildcards.labels
     images = image_paths(cfg, split, snakemake.input.split)
     if labels == "pseudo":
@@ -20,7 +20,7 @@ with log_to(snakemake.log[0]):
         **snakemake.params.train,
         seed=snakemake.params.seed,
         device=cfg["device"],
-        num_workers=cfg["num_workers"],
+        num_workers=workers,
         tensorboard_dir=snakemake.params.tensorboard,
         meta={"labels": labels, "split": split, "config_hash": config_hash(snakemake.params.train)},
     )
