@@ -40,7 +40,8 @@ def host_config() -> dict:
         "outdir": "out/locseg",
         "demo": {"out": "data/demo"},
         "dataset": {"root": "data/demo/voc"},
-        "coco": {"image_dir": "data/demo/coco/images", "annotations": "data/demo/coco/annotations/instances_train.json"},
+        "coco": {"image_dir": "data/demo/coco/images",
+                 "annotations": "data/demo/coco/annotations/instances_train.json"},
     })
     return config
 

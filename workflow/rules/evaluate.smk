@@ -58,7 +58,8 @@ rule evaluate_deeplab:
         split=lambda wc: split_file(wc.split),
     output:
         json=report(f"{RESULTS}/eval/deeplab_{{labels}}_{{split}}.json", caption="../report/deeplab.rst",
-                    category="DeepLab", labels={"split": "{split}", "trained on": "{labels}", "figure": "metrics (JSON)"}),
+                    category="DeepLab",
+                    labels={"split": "{split}", "trained on": "{labels}", "figure": "metrics (JSON)"}),
         per_class=report(f"{RESULTS}/eval/deeplab_{{labels}}_{{split}}_per_class.png",
                          caption="../report/deeplab_per_class.rst", category="DeepLab",
                          labels={"split": "{split}", "trained on": "{labels}", "figure": "IoU per class"}),
@@ -87,7 +88,8 @@ rule supervision_gap:
         gt=rules.evaluate_deeplab.output.json.replace("{labels}", "gt"),
     output:
         json=report(f"{RESULTS}/eval/supervision_gap_{{split}}.json", caption="../report/supervision_gap.rst",
-                    category="DeepLab", labels={"split": "{split}", "trained on": "pseudo / gt", "figure": "ratio (JSON)"}),
+                    category="DeepLab",
+                    labels={"split": "{split}", "trained on": "pseudo / gt", "figure": "ratio (JSON)"}),
     params:
         code=code_version("supervision_gap"),
     log:
