@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 def test_report_zip_has_every_figure_with_a_caption(tiny_run, tmp_path):
     out = tmp_path / "r.zip"
     snakemake(tiny_run, "--report", str(out))
-    names = zipfile.ZipFile(out).namelist()
-    html = zipfile.ZipFile(out).read(next(n for n in names if n.endswith("r/report.html"))).decode()
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+        html = zf.read(f"{out.stem}/report.html").decode()  # the zip's one folder is named after it
     expected = [p.name for p in (tiny_run / "results" / "eval").iterdir() if p.suffix in (".png", ".json")]
     assert len(expected) == 11  # CAM baseline 2, pseudo masks 3, DeepLab 2 x 2 + overlay, ratio 1
     for name in [*expected, "report.html", "report.json"]:
