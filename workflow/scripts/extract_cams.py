@@ -30,5 +30,5 @@ with log_to(snakemake.log[0]):
             **snakemake.params.infer,
             device=cfg["device"],
             config=config,
-            **{**snakemake.config["inference"], "workers": workers},  # speed only: never changes what is written
+            **{**cfg["inference"], "workers": workers},  # speed only: never changes what is written
         )
