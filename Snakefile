@@ -1,7 +1,21 @@
 # locseg: locate (CAMs), then segment (class-agnostic resegmentation) -> pseudo labels -> DeepLab.
 # This file only wires: config, includes and the default target. Stages live in workflow/rules/.
 
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
 configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+# gpu=N (profiles/default caps it locally) is tallied per job, not across jobs, on a cluster executor:
+# there each job gets its own GPUs from SLURM, so a local cap left on never serialises GPU jobs.
+resource_scopes:
+    gpu="local",
 
 
 include: "workflow/rules/common.smk"

@@ -226,6 +226,25 @@ def cmd_doctor(args) -> int:
     return 1 if any(level == FAIL for level, _ in findings) else 0
 
 
+# --------------------------------------------------------------------------- init-config
+
+
+def cmd_init_config(args) -> int:
+    from locseg.init_config import init_config, run_command
+
+    base = args.base or schema_path().parents[2] / "config" / "voc12_coco.yaml"
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    config, unmatched = init_config(args.out, args.voc_root, args.coco_images, args.coco_annotations,
+                                    base_path=base, schema_path=schema_path(), classes=classes)
+    mapped = config["coco"]["category_map"]
+    print(f"wrote {args.out}: {len(config['classes'])} classes, splits {config['dataset']['splits']}, "
+          f"{len(mapped)} COCO categories mapped" + (f", {len(unmatched)} left out" if unmatched else ""))
+    if not mapped:
+        print(f"no COCO category name matches a class: map some in coco.category_map of {args.out}", file=sys.stderr)
+    print(f"run it with:\n  {run_command(args.out)}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -290,6 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(ok / warn / FAIL). Exit 1 if anything would stop the run.")
     s.add_argument("--configfile", default=DEFAULT_CONFIG, help="config to check (default: %(default)s)")
     s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("init-config", help="a complete, commented config for your own VOC + COCO data",
+                       description="Read a VOC-layout tree and a COCO-layout annotation file and write a complete "
+                                   "config: mask directory, splits and classes from the tree, a COCO category map "
+                                   "proposed from matching names, every other value from --base.")
+    s.add_argument("--voc-root", required=True, metavar="DIR", help="VOC-layout root (JPEGImages/, masks, ImageSets/)")
+    s.add_argument("--coco-images", required=True, metavar="DIR", help="directory of the COCO-layout images")
+    s.add_argument("--coco-annotations", required=True, metavar="JSON", help="COCO instances file")
+    s.add_argument("--classes", metavar="NAMES",
+                   help="comma-separated class names in mask-index order (background is added first unless "
+                        "given); default: PASCAL VOC's names when the masks hold indices 0..20")
+    s.add_argument("--base", metavar="YAML",
+                   help="config the other values come from (default: config/voc12_coco.yaml, the paper's setting)")
+    s.add_argument("--out", default="config/mine.yaml", metavar="YAML", help="config to write (default: %(default)s)")
+    s.set_defaults(func=cmd_init_config)
     return p
 
 

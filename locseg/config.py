@@ -50,8 +50,25 @@ def schema_problems(config: dict, schema_path) -> list[str]:
     return [f"{_where(e)}: {e.message}" for e in errors]
 
 
+def _demo_leftovers(config: dict) -> list[str]:
+    """A config given with plain --configfile is merged key by key into the demo default, so the demo's
+    category map entries survive next to the user's: name that cause, not its symptoms."""
+    from locseg.data.demo import DEMO_COCO_CATEGORY_MAP  # local: the schema check stays light
+
+    left = [k for k, v in config["coco"]["category_map"].items()
+            if DEMO_COCO_CATEGORY_MAP.get(k) == v and v not in config["classes"]]
+    if not left:
+        return []
+    return [f"coco.category_map still holds the demo's keys {', '.join(left)}: this config was merged key by key "
+            "into the demo default (config/config.yaml); run a complete config alone with "
+            "--replace-workflow-config (`locseg init-config` writes one for your data)"]
+
+
 def semantic_problems(config: dict) -> list[str]:
     """What a schema cannot say (paths that must exist, names that must agree); needs a schema-valid config."""
+    leftovers = _demo_leftovers(config)
+    if leftovers:
+        return leftovers  # every other complaint would follow from the merge
     problems = []
     classes = config["classes"]
     if classes[0] != "background":

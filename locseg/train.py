@@ -147,11 +147,20 @@ def progress(iterable=None, desc: str = "", total: int | None = None, **kw):
     )
 
 
-def set_threads(n: int | None) -> None:
-    """Use the threads Snakemake gave the job, no more (two jobs must not fight for two cores)."""
-    if n:
-        torch.set_num_threads(int(n))
-        os.environ.setdefault("OMP_NUM_THREADS", str(n))
+def set_threads(n: int | None, workers: int = 0) -> int:
+    """Use the threads Snakemake gave the job, no more (two jobs must not fight for two cores; on SLURM they
+    are the job's --cpus-per-task): one per DataLoader worker, the rest (at least one) for the model.
+    Returns the workers that fit, fewer than asked when the job got fewer cores (a local --cores cap, a
+    profile's set-threads); results never depend on the worker count."""
+    if not n:
+        return workers
+    n = int(n)
+    fit = min(workers, n - 1)
+    if fit < workers:
+        log.warning("%d DataLoader workers do not fit the job's %d threads: using %d", workers, n, fit)
+    torch.set_num_threads(n - fit)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n - fit))
+    return fit
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:

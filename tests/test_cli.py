@@ -18,7 +18,7 @@ from locseg.store import StoreReader, StoreWriter
 from tests.conftest import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["info", "show", "import-npy", "export-npy", "validate-dataset"]
+SUBCOMMANDS = ["info", "show", "import-npy", "export-npy", "validate-dataset", "init-config"]
 
 
 @pytest.fixture(scope="module")

@@ -183,3 +183,20 @@ def test_load_config(tmp_path, config):
     typo.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match="deeplab.epochs"):
         load_config(typo, SCHEMA)
+
+
+def test_merged_into_demo_default_names_the_cause(config, real_tree):
+    """`--configfile mine.yaml` without --replace-workflow-config: the demo's map keys survive the merge."""
+    from snakemake.utils import update_config
+
+    mine = _real({"demo": {}, "dataset": {}, "coco": {}}, real_tree)
+    mine["classes"] = ["background", "fox", "owl"]
+    mine["coco"]["category_map"] = {"fox": "fox", "owl": "owl"}
+    update_config(config, mine)
+    msg = _error(config)
+    assert "still holds the demo's keys formicid, chiropteran, bull, heifer, cervid" in msg
+    assert "--replace-workflow-config" in msg and "locseg init-config" in msg
+    assert "coco.category_map.formicid" not in msg  # the cause, not five symptoms
+    for key in ("formicid", "chiropteran", "bull", "heifer", "cervid"):
+        del config["coco"]["category_map"][key]
+    validate_config(config, SCHEMA)

@@ -19,6 +19,7 @@ from locseg.train import (
     progress,
     save_checkpoint,
     seed_everything,
+    set_threads,
 )
 
 NAMES = ["background", "ant", "bat"]
@@ -223,3 +224,14 @@ def test_progress_writes_lines_when_not_a_tty(capsys):
     err = capsys.readouterr().err
     assert "work" in err and "\r" not in err
     assert err.strip().splitlines()[-1].startswith("work")
+
+
+def test_set_threads_fits_workers_into_the_job():
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(6, 4) == 4 and torch.get_num_threads() == 2  # SLURM: --cpus-per-task 6
+        assert set_threads(2, 4) == 1 and torch.get_num_threads() == 1  # scaled down by a local --cores 2
+        assert set_threads(2, 0) == 0 and torch.get_num_threads() == 2
+        assert set_threads(None, 3) == 3  # outside Snakemake: as asked
+    finally:
+        torch.set_num_threads(before)

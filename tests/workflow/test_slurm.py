@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+import yaml
 
 from tests.workflow.conftest import REPO
 from tests.workflow.slurm import preflight, slurm_node  # noqa: F401  (pytest fixture)
@@ -30,9 +31,9 @@ if _reason := preflight():  # before the session's local tiny run is built for n
     pytest.skip(f"no single-node SLURM: {_reason}", allow_module_level=True)
 
 PROFILE = REPO / "profiles" / "slurm"
-# The profile's heavy rules; their cluster-sized memory is scaled down to this machine below.
-HEAVY = ["train_cam", "extract_cams", "train_segmenter", "resegment", "train_deeplab", "evaluate_deeplab"]
-GPU_RULES = set(HEAVY)
+GPU_RULES = {"train_cam", "extract_cams", "train_segmenter", "resegment", "train_deeplab", "evaluate_deeplab"}
+# The rules the profile sizes; their cluster-sized memory is scaled down to this machine below.
+SIZED = list(yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"])
 TIMEOUT_S = 600
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
 
@@ -77,10 +78,10 @@ def _slurm_cmd(slurm_node, *targets: str, configs=()) -> list[str]:
     mem_mb = max(100, min(1000, slurm_node.real_memory_mb // 4))
     return [sys.executable, "-m", "snakemake", *targets, "-s", str(REPO / "Snakefile"),
             "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "tiny.yaml"), *configs,
-            "--profile", str(PROFILE), "--workflow-profile", "none",
+            "--workflow-profile", str(PROFILE),
             # local-cluster values only; everything else comes from the profile
             "--default-resources", f"slurm_partition={slurm_node.partition}", f"mem_mb={mem_mb}", "runtime=30",
-            "--set-resources", *[f"{rule}:mem_mb={mem_mb}" for rule in HEAVY],
+            "--set-resources", *[f"{rule}:mem_mb={mem_mb}" for rule in SIZED],
             "--slurm-no-account",                      # no accounting on the test cluster
             "--slurm-status-command", "squeue",        # no sacct without slurmdbd
             "--slurm-init-seconds-before-status-checks", "2",

@@ -5,6 +5,7 @@ rule train_cam:
     """Multi-label classifier on the image-level labels of the CAM split."""
     input:
         labels=f"{RESULTS}/labels/{SPLITS['cam']}.json",
+        split=split_file(SPLITS["cam"]),
         weights=weights_input("cam"),
     output:
         model=f"{RESULTS}/models/cam.pt",
@@ -18,7 +19,7 @@ rule train_cam:
         code=code_version("train_cam"),
         tensorboard=f"{RESULTS}/tensorboard/train_cam",
         resume=resume_path("train_cam"),
-    threads: 2
+    threads: 2 + config["num_workers"]  # the model's threads + one core per DataLoader worker
     resources:
         gpu=1,
         mem_mb=8000,
@@ -43,7 +44,7 @@ rule extract_cams:
         shards=config["shards"],
         data=lambda wc: cam_data_version(wc.split),
         code=code_version("extract_cams"),
-    threads: 1
+    threads: 1 + config["inference"]["workers"]
     resources:
         gpu=1,
         mem_mb=4000,

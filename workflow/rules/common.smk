@@ -2,17 +2,17 @@
 
 import os
 from functools import cache
-from pathlib import Path
 
 from locseg.config import ConfigError, validate_config
 from locseg.fingerprint import code_fingerprint, stat_files, stats_fingerprint, tree_files
 from locseg.shards import shard_names
-from locseg.sources import EXTERNAL, dataset_files, validated_split_file
+from locseg.sources import EXTERNAL, dataset_files
 from locseg.weights import IMAGENET
 
 
 try:
-    validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+    # Found next to this file, so the workflow also works as a Snakemake module from another directory.
+    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
@@ -20,7 +20,7 @@ except ConfigError as err:
 DATASET = config["dataset"]
 SPLITS = DATASET["splits"]
 SHARDS = shard_names(config["shards"])
-RESULTS = "results"
+RESULTS = config["outdir"]
 
 
 wildcard_constraints:
@@ -35,8 +35,9 @@ def raw_split_file(split):
 
 
 def split_file(split):
-    """The ids of a split that passed validate_dataset: what every other stage reads."""
-    return str(validated_split_file(split))
+    """The ids of a split that passed validate_dataset: what every other stage reads, never the raw list,
+    so a skipped image is skipped everywhere."""
+    return f"{RESULTS}/splits/{split}.txt"
 
 
 # Dataset files are params, not inputs (~130k files at VOC + COCO scale): a digest of their stats. Use
@@ -80,7 +81,7 @@ def _stats(split, list_mtime):
 def code_version(script):
     """Param of every stage: digest of the locseg code its script imports (locseg.fingerprint), so a
     library change reruns exactly the stages that import the changed module (and what follows)."""
-    return code_fingerprint(Path(workflow.basedir) / "workflow" / "scripts" / f"{script}.py")
+    return code_fingerprint(workflow.source_path(f"../scripts/{script}.py"))  # next to this file: module-ready
 
 
 def pick(section, *keys):
@@ -123,11 +124,12 @@ def imports_cams(split):
 
 def cam_split_inputs(wc):
     """A VOC split needs its image labels; the external split reads its classes from COCO JSON."""
+    inputs = {"split": split_file(wc.split)}
     if imports_cams(wc.split):
-        return {"split": split_file(wc.split)}
-    inputs = {"model": rules.train_cam.output.model}
+        return inputs
+    inputs["model"] = rules.train_cam.output.model
     if wc.split == EXTERNAL:
-        return {**inputs, "coco": config["coco"]["annotations"], "split": split_file(EXTERNAL)}
+        return {**inputs, "coco": config["coco"]["annotations"]}
     return {**inputs, "labels": rules.image_labels.output.json.format(split=wc.split)}
 
 
@@ -148,7 +150,7 @@ def cam_shards(split):
 def deeplab_label_inputs(wc):
     if wc.labels == "pseudo":
         return {"masks": rules.export_masks.output.masks.format(split=SPLITS["pseudo"])}
-    return {"split": split_file(SPLITS["pseudo"])}
+    return {}
 
 
 def report_grid_inputs(wc):

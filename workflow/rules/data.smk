@@ -1,5 +1,7 @@
 # Data: the synthetic demo dataset (when enabled) and image-level labels per split.
 
+from pathlib import Path
+
 from locseg.data.demo import DEMO_VERSION
 
 
@@ -12,7 +14,8 @@ if config["demo"]["enabled"]:
             val=raw_split_file("val"),
             coco=config["coco"]["annotations"],
         params:
-            out=config["demo"]["out"],
+            # demo.out (config.py checks coco.annotations is <demo.out>/coco/annotations/instances_train.json)
+            out=lambda wc, output: str(Path(output.coco).parents[2]),
             size=config["demo"]["size"],
             seed=config["seed"],
             version=DEMO_VERSION,
@@ -35,7 +38,7 @@ rule validate_dataset:
         coco=config["coco"]["annotations"],
     output:
         splits=[split_file(s) for s in [*VOC_SPLITS, EXTERNAL]],
-        report=f"{RESULTS}/validate/report.json",
+        report=report(f"{RESULTS}/validate/report.json", caption="../report/validation.rst", category="Dataset"),
     params:
         on_bad_image=config["on_bad_image"],
         classes=config["classes"],

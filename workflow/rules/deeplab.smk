@@ -5,6 +5,7 @@ rule train_deeplab:
     """DeepLabV3, cross-entropy with 255 ignored, poly LR, on the pseudo split's images."""
     input:
         unpack(deeplab_label_inputs),
+        split=split_file(SPLITS["pseudo"]),
         weights=weights_input("deeplab"),
     output:
         model=f"{RESULTS}/models/deeplab_{{labels}}.pt",
@@ -17,7 +18,7 @@ rule train_deeplab:
         code=code_version("train_deeplab"),
         tensorboard=f"{RESULTS}/tensorboard/train_deeplab_{{labels}}",
         resume=resume_path("train_deeplab_{labels}"),
-    threads: 2
+    threads: 2 + config["num_workers"]  # the model's threads + one core per DataLoader worker
     resources:
         gpu=1,
         mem_mb=8000,

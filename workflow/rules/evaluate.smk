@@ -7,8 +7,10 @@ rule eval_cams:
         cams=lambda wc: cam_shards(wc.split),
         split=lambda wc: split_file(wc.split),
     output:
-        json=f"{RESULTS}/eval/cams_{{split}}.json",
-        curve=f"{RESULTS}/eval/cams_{{split}}_threshold.png",
+        json=report(f"{RESULTS}/eval/cams_{{split}}.json", caption="../report/cams.rst", category="CAM baseline",
+                    labels={"split": "{split}", "figure": "metrics (JSON)"}),
+        curve=report(f"{RESULTS}/eval/cams_{{split}}_threshold.png", caption="../report/cams_threshold.rst",
+                     category="CAM baseline", labels={"split": "{split}", "figure": "mIoU vs threshold"}),
     params:
         thresholds=config["cam"]["thresholds"],
         data=lambda wc: data_version(wc.split, "masks"),
@@ -30,9 +32,12 @@ rule evaluate_masks:
         cam_baseline=rules.eval_cams.output.json,
         split=lambda wc: split_file(wc.split),
     output:
-        json=f"{RESULTS}/eval/masks_{{split}}.json",
-        per_class=f"{RESULTS}/eval/masks_{{split}}_per_class.png",
-        overlay=f"{RESULTS}/eval/masks_{{split}}_overlay.png",
+        json=report(f"{RESULTS}/eval/masks_{{split}}.json", caption="../report/masks.rst", category="Pseudo masks",
+                    labels={"split": "{split}", "figure": "metrics (JSON)"}),
+        per_class=report(f"{RESULTS}/eval/masks_{{split}}_per_class.png", caption="../report/masks_per_class.rst",
+                         category="Pseudo masks", labels={"split": "{split}", "figure": "IoU per class"}),
+        overlay=report(f"{RESULTS}/eval/masks_{{split}}_overlay.png", caption="../report/masks_overlay.rst",
+                       category="Pseudo masks", labels={"split": "{split}", "figure": "overlays"}),
     params:
         assemble=pick("reseg", "bg_score", "band"),
         overlay_images=config["report"]["overlay_images"],
@@ -52,8 +57,12 @@ rule evaluate_deeplab:
         model=rules.train_deeplab.output.model,
         split=lambda wc: split_file(wc.split),
     output:
-        json=f"{RESULTS}/eval/deeplab_{{labels}}_{{split}}.json",
-        per_class=f"{RESULTS}/eval/deeplab_{{labels}}_{{split}}_per_class.png",
+        json=report(f"{RESULTS}/eval/deeplab_{{labels}}_{{split}}.json", caption="../report/deeplab.rst",
+                    category="DeepLab",
+                    labels={"split": "{split}", "trained on": "{labels}", "figure": "metrics (JSON)"}),
+        per_class=report(f"{RESULTS}/eval/deeplab_{{labels}}_{{split}}_per_class.png",
+                         caption="../report/deeplab_per_class.rst", category="DeepLab",
+                         labels={"split": "{split}", "trained on": "{labels}", "figure": "IoU per class"}),
         predictions=directory(f"{RESULTS}/predictions/deeplab_{{labels}}/{{split}}"),
     params:
         infer=pick("deeplab", "eval_scales", "eval_flip"),
@@ -78,7 +87,9 @@ rule supervision_gap:
         pseudo=rules.evaluate_deeplab.output.json.replace("{labels}", "pseudo"),
         gt=rules.evaluate_deeplab.output.json.replace("{labels}", "gt"),
     output:
-        json=f"{RESULTS}/eval/supervision_gap_{{split}}.json",
+        json=report(f"{RESULTS}/eval/supervision_gap_{{split}}.json", caption="../report/supervision_gap.rst",
+                    category="DeepLab",
+                    labels={"split": "{split}", "trained on": "pseudo / gt", "figure": "ratio (JSON)"}),
     params:
         code=code_version("supervision_gap"),
     log:

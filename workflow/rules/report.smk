@@ -23,7 +23,8 @@ rule report:
         html=report(f"{RESULTS}/report.html", caption="../report/report.rst", category="Report"),
         md=f"{RESULTS}/report.md",
         overlay=report(f"{RESULTS}/eval/deeplab_{SPLITS['val']}_overlay.png", caption="../report/overlay.rst",
-                       category="Figures"),
+                       category="DeepLab", labels={"split": SPLITS["val"], "trained on": "pseudo and gt",
+                                                   "figure": "overlays"}),
     params:
         # The report prints the whole config, so any config change makes it stale (a cheap rule).
         config=config,

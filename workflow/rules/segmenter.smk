@@ -19,7 +19,7 @@ rule train_segmenter:
         code=code_version("train_segmenter"),
         tensorboard=f"{RESULTS}/tensorboard/train_segmenter",
         resume=resume_path("train_segmenter"),
-    threads: 2
+    threads: 2 + config["num_workers"]  # the model's threads + one core per DataLoader worker
     resources:
         gpu=1,
         mem_mb=8000,
@@ -37,13 +37,14 @@ rule resegment:
     input:
         model=rules.train_segmenter.output.model,
         cams=rules.extract_cams.output.store,
+        split=lambda wc: split_file(wc.split),
     output:
         store=f"{RESULTS}/reseg/{{split}}/{{shard}}.h5",
     params:
         reseg=pick("reseg", "rounds", "keep_rounds", "max_side"),
         data=lambda wc: data_version(wc.split, "images"),
         code=code_version("resegment"),
-    threads: 1
+    threads: 1 + config["inference"]["workers"]
     resources:
         gpu=1,
         mem_mb=4000,

@@ -5,5 +5,6 @@ from locseg.logs import log_to
 from locseg.sources import image_paths
 
 with log_to(snakemake.log[0]):
-    export_deeplab_pytorch(snakemake.input.masks, image_paths(snakemake.config, snakemake.params.split),
+    export_deeplab_pytorch(snakemake.input.masks,
+                           image_paths(snakemake.config, snakemake.params.split, snakemake.input.split),
                            len(snakemake.params.classes), snakemake.output.root)

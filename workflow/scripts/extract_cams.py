@@ -8,12 +8,12 @@ from locseg.store import import_npy
 from locseg.train import set_threads
 
 with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
+    workers = set_threads(snakemake.threads, snakemake.config["inference"]["workers"])
     cfg, split, imported = snakemake.config, snakemake.wildcards.split, snakemake.params.imported
     if imported:
-        paths = image_paths(cfg, split)
+        paths = image_paths(cfg, split, snakemake.input.split)
     else:
-        paths, labels = images_and_labels(cfg, split, snakemake.input.get("labels"))
+        paths, labels = images_and_labels(cfg, split, snakemake.input.split, snakemake.input.get("labels"))
     ids = shard_ids(list(paths), int(snakemake.wildcards.shard), snakemake.params.shards)
     config = {"cam": cfg["cam"], "seed": cfg["seed"], "split": split}
     if imported:
@@ -30,5 +30,5 @@ with log_to(snakemake.log[0]):
             **snakemake.params.infer,
             device=cfg["device"],
             config=config,
-            **snakemake.config["inference"],  # speed only: never changes what is written
+            **{**cfg["inference"], "workers": workers},  # speed only: never changes what is written
         )

@@ -6,16 +6,16 @@ from locseg.sources import image_paths
 from locseg.train import set_threads
 
 with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
+    workers = set_threads(snakemake.threads, snakemake.config["inference"]["workers"])
     cfg = snakemake.config
     resegment(
         snakemake.input.model,
         snakemake.input.cams,
-        image_paths(cfg, snakemake.wildcards.split),
+        image_paths(cfg, snakemake.wildcards.split, snakemake.input.split),
         cfg["classes"],
         snakemake.output.store,
         **snakemake.params.reseg,
         device=cfg["device"],
         config={"reseg": cfg["reseg"], "segmenter": cfg["segmenter"], "split": snakemake.wildcards.split},
-        **cfg["inference"],  # speed only: never changes what is written
+        **{**cfg["inference"], "workers": workers},  # speed only: never changes what is written
     )

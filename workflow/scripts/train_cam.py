@@ -7,7 +7,7 @@ from locseg.sources import images_and_labels
 from locseg.train import config_hash, set_threads
 
 with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
+    workers = set_threads(snakemake.threads, snakemake.config["num_workers"])
     cfg, split, params = snakemake.config, snakemake.params.split, snakemake.params.train
     meta = {"split": split, "config_hash": config_hash(params)}
     if snakemake.params.source == "weights":
@@ -16,13 +16,13 @@ with log_to(snakemake.log[0]):
     else:
         state = TrainState(snakemake.params.resume, dict(snakemake.params.items()), snakemake.input)
         train_cam(
-            *images_and_labels(cfg, split, snakemake.input.labels),
+            *images_and_labels(cfg, split, snakemake.input.split, snakemake.input.labels),
             cfg["classes"],
             snakemake.output.model,
             **params,
             seed=snakemake.params.seed,
             device=cfg["device"],
-            num_workers=cfg["num_workers"],
+            num_workers=workers,
             tensorboard_dir=snakemake.params.tensorboard,
             meta=meta,
             resume=state,

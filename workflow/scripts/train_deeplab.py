@@ -9,20 +9,20 @@ from locseg.sources import gt_paths, image_paths
 from locseg.train import config_hash, set_threads
 
 with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
+    workers = set_threads(snakemake.threads, snakemake.config["num_workers"])
     cfg, split, labels = snakemake.config, snakemake.params.split, snakemake.wildcards.labels
-    images = image_paths(cfg, split)
+    images = image_paths(cfg, split, snakemake.input.split)
     if labels == "pseudo":
         masks = {i: Path(snakemake.input.masks) / f"{i}.png" for i in images}
     else:
-        masks = gt_paths(cfg, split)
+        masks = gt_paths(cfg, snakemake.input.split)
     state = TrainState(snakemake.params.resume, dict(snakemake.params.items()), snakemake.input)
     train_deeplab(
         images, masks, cfg["classes"], snakemake.output.model,
         **snakemake.params.train,
         seed=snakemake.params.seed,
         device=cfg["device"],
-        num_workers=cfg["num_workers"],
+        num_workers=workers,
         tensorboard_dir=snakemake.params.tensorboard,
         resume=state,
         meta={"labels": labels, "split": split, "config_hash": config_hash(snakemake.params.train)},

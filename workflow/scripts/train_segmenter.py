@@ -7,20 +7,20 @@ from locseg.sources import coco_split
 from locseg.train import config_hash, set_threads
 
 with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
+    workers = set_threads(snakemake.threads, snakemake.config["num_workers"])
     cfg = snakemake.config
     params = dict(snakemake.params.train)
     params.pop("cue")  # the cue is decided by which stores come in
     state = TrainState(snakemake.params.resume, dict(snakemake.params.items()), snakemake.input)
     train_segmenter(
-        coco_split(cfg),
+        coco_split(cfg, snakemake.input.split),
         list(snakemake.input.cams) or None,
         cfg["classes"],
         snakemake.output.model,
         **params,
         seed=snakemake.params.seed,
         device=cfg["device"],
-        num_workers=cfg["num_workers"],
+        num_workers=workers,
         tensorboard_dir=snakemake.params.tensorboard,
         resume=state,
         meta={"config_hash": config_hash(snakemake.params.train)},

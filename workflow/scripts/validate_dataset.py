@@ -11,7 +11,7 @@ with log_to(snakemake.log[0]):
     cfg = snakemake.config
     splits = [Path(p).stem for p in snakemake.output.splits]
     kept, report = gate_splits(voc_layout(cfg), [s for s in splits if s != "coco"], len(cfg["classes"]),
-                               coco_split(cfg, validated=False), snakemake.params.on_bad_image)
+                               coco_split(cfg), snakemake.params.on_bad_image)
     for path in snakemake.output.splits:
         with atomic_path(path) as tmp:
             tmp.write_text("".join(f"{i}\n" for i in kept[Path(path).stem]))
