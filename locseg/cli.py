@@ -12,20 +12,15 @@ import sys
 from pathlib import Path
 
 import locseg
+from locseg.config import SCHEMA
 
 DEFAULT_CONFIG = "config/config.yaml"
+# init-config's default base: the paper setting of a source checkout (pass --base from an installed wheel).
+PAPER_CONFIG = Path(locseg.__file__).resolve().parents[1] / "config" / "voc12_coco.yaml"
 
 
 class UsageError(Exception):
     """A wrong combination of arguments that argparse cannot express; exits 2 like argparse's own."""
-
-
-def schema_path() -> Path:
-    path = Path(locseg.__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config schema not found; --config needs a source checkout of locseg "
-                                f"(pip install -e), which ships workflow/schemas/")
-    return path
 
 
 def _load_config(path) -> dict:
@@ -33,7 +28,7 @@ def _load_config(path) -> dict:
 
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: config file not found")
-    return load_config(path, schema_path())
+    return load_config(path, SCHEMA)
 
 
 # --------------------------------------------------------------------------- info
@@ -221,7 +216,7 @@ def cmd_validate_dataset(args) -> int:
 def cmd_doctor(args) -> int:
     from locseg.doctor import FAIL, diagnose, render
 
-    findings = diagnose(args.configfile, schema_path())
+    findings = diagnose(args.configfile, SCHEMA)
     print(render(findings))
     return 1 if any(level == FAIL for level, _ in findings) else 0
 
@@ -232,10 +227,10 @@ def cmd_doctor(args) -> int:
 def cmd_init_config(args) -> int:
     from locseg.init_config import init_config, run_command
 
-    base = args.base or schema_path().parents[2] / "config" / "voc12_coco.yaml"
+    base = args.base or PAPER_CONFIG
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     config, unmatched = init_config(args.out, args.voc_root, args.coco_images, args.coco_annotations,
-                                    base_path=base, schema_path=schema_path(), classes=classes)
+                                    base_path=base, schema_path=SCHEMA, classes=classes)
     mapped = config["coco"]["category_map"]
     print(f"wrote {args.out}: {len(config['classes'])} classes, splits {config['dataset']['splits']}, "
           f"{len(mapped)} COCO categories mapped" + (f", {len(unmatched)} left out" if unmatched else ""))

@@ -12,6 +12,11 @@ import yaml
 from locseg.weights import IMAGENET, IMAGENET_BACKBONES
 
 
+# Shipped inside the package, so the workflow, the `locseg` command and a Snakemake module that includes
+# the rules from elsewhere all validate against the same file.
+SCHEMA = Path(__file__).with_name("config.schema.yaml")
+
+
 class ConfigError(ValueError):
     pass
 

@@ -7,7 +7,6 @@ rather than raising so a Snakemake rule (or a test) can use it too.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from locseg.data.voc import VOC_CLASSES, VocLayout, image_size, read_image, read_mask, read_split
@@ -81,20 +80,6 @@ def validate_coco(annotations, image_dir) -> tuple[list[str], int]:
     if not Path(image_dir).is_dir():
         problems.append(f"{image_dir}: COCO image directory not found")
     return problems + split.check_images(), len(split.ids)
-
-
-def validate_dataset(root, splits: list[str] | None = None, *, num_classes: int = len(VOC_CLASSES),
-                     image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClass",
-                     split_dir: str = "ImageSets/Segmentation", masks: bool = True,
-                     coco_annotations: str | os.PathLike | None = None,
-                     coco_images: str | os.PathLike | None = None) -> list[str]:
-    """Every problem found, as 'file [id]: what' lines; an empty list means the data is usable."""
-    if (coco_annotations is None) != (coco_images is None):
-        raise ValueError("coco_annotations and coco_images go together: give both or neither")
-    problems, _ = validate_voc(VocLayout(Path(root), image_dir, mask_dir, split_dir), splits, num_classes, masks)
-    if coco_annotations is not None:
-        problems += validate_coco(coco_annotations, coco_images)[0]
-    return problems
 
 
 def gate_splits(layout: VocLayout, splits: list[str], num_classes: int, coco=None,

@@ -1,4 +1,4 @@
-"""Tests for config validation (locseg/config.py, workflow/schemas/config.schema.yaml)."""
+"""Tests for config validation (locseg/config.py, locseg/config.schema.yaml)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 from locseg.config import ConfigError, load_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = ROOT / "locseg" / "config.schema.yaml"
 DEFAULT = ROOT / "config" / "config.yaml"
 
 

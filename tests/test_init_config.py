@@ -16,7 +16,7 @@ from locseg.data.voc import VOC_CLASSES, write_mask
 from locseg.init_config import InitConfigError, choose_classes, propose_category_map, render, run_command
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = REPO / "locseg" / "config.schema.yaml"
 # The tiny demo's COCO categories renamed; "ewe" and "tortoise" match no class.
 RENAME = {"formicid": "Fox", "chiropteran": "owl", "bull": "ram", "heifer": "ewe", "cervid": "yak"}
 OWN_CLASSES = ["fox", "owl", "ram", "yak"]  # mask indices 1..4 of the demo

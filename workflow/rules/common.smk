@@ -3,7 +3,7 @@
 import os
 from functools import cache
 
-from locseg.config import ConfigError, validate_config
+from locseg.config import SCHEMA, ConfigError, validate_config
 from locseg.fingerprint import code_fingerprint, stat_files, stats_fingerprint, tree_files
 from locseg.shards import shard_names
 from locseg.sources import EXTERNAL, dataset_files
@@ -12,7 +12,7 @@ from locseg.weights import IMAGENET
 
 try:
     # Found next to this file, so the workflow also works as a Snakemake module from another directory.
-    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    validate_config(config, SCHEMA)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
