@@ -129,20 +129,22 @@ def _square(size=40, lo=12, hi=28):
 
 def test_perturbed_mask_stays_near_the_object():
     """Grown or shrunk by at most 15% of sqrt(area) (+2 px blur): never far outside, never loses the core,
-    peak in [0.6, 1]; over seeds it both grows and shrinks."""
+    peak in [0.6, 1]; over seeds it both grows and shrinks, and softens."""
     target = _square()  # 16 x 16 object: radius <= round(0.15 * 16) = 2, blur <= 2
     target[0, :] = 255  # ignored pixels are not object
     grew = shrank = False
+    peaks = []
     for seed in range(30):
         cue = perturbed_mask(target, np.random.default_rng(seed))
         assert cue.shape == (1, 40, 40) and cue.dtype == torch.float32
         assert 0.0 <= cue.min() and 0.6 - 1e-6 <= cue.max() <= 1.0
+        peaks.append(float(cue.max()))
         assert cue[0, :8].abs().sum() == 0 and cue[0, 32:].abs().sum() == 0  # > 4 px from the object
         assert (cue[0, 16:24, 16:24] > 0).all()  # the core survives erosion + blur
         support = int((cue[0] > 0).sum())
         grew |= support > 16 * 16
         shrank |= support < 16 * 16
-    assert grew and shrank
+    assert grew and shrank and min(peaks) < 0.8
 
 
 def test_perturbed_mask_deterministic_and_empty():
