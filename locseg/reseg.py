@@ -46,6 +46,7 @@ def degraded_cue(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 SECOND_CUES = ("prediction", "perturbed_mask")
+GROWTH = (-0.15, 0.15)  # perturbed_mask's grow (+) / shrink (-) radius range, in units of sqrt(object area)
 
 
 def perturbed_mask(target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -53,7 +54,7 @@ def perturbed_mask(target: torch.Tensor, rng: np.random.Generator) -> torch.Tens
     shrunk by up to 15% of the object's size (sqrt of its area), blurred by 0-2 px and scaled to a peak in
     [0.6, 1]. `target` is a [H, W] crop (1 = object); returns float [1, H, W]."""
     m = (target == 1).float()[None, None]
-    r = round(rng.uniform(-0.15, 0.15) * float(m.sum()) ** 0.5)
+    r = round(rng.uniform(*GROWTH) * float(m.sum()) ** 0.5)
     if r > 0:
         m = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
     elif r < 0:
