@@ -15,6 +15,7 @@ from locseg.data.voc import image_size, read_mask
 from locseg.masks import export_masks
 from locseg.models.segmenter import Segmenter
 from locseg.reseg import (
+    GROWTH,
     CueSet,
     degraded_cue,
     dice_bce_loss,
@@ -128,19 +129,23 @@ def _square(size=40, lo=12, hi=28):
 
 
 def test_perturbed_mask_stays_near_the_object():
-    """Grown or shrunk by at most 15% of sqrt(area) (+2 px blur): never far outside, never loses the core,
+    """Grown or shrunk within GROWTH x sqrt(area) (+2 px blur): never farther out, never loses the core,
     peak in [0.6, 1]; over seeds it both grows and shrinks, and softens."""
-    target = _square()  # 16 x 16 object: radius <= round(0.15 * 16) = 2, blur <= 2
+    target = _square(60, 22, 38)  # 16 x 16 object
     target[0, :] = 255  # ignored pixels are not object
+    out = round(GROWTH[1] * 16) + 2  # farthest reach outside the object
+    core = round(-GROWTH[0] * 16) + 2  # deepest reach inside it
+    assert 22 - out > 0 and 38 - core > 22 + core  # the checks below look at real pixels
     grew = shrank = False
     peaks = []
-    for seed in range(30):
+    for seed in range(40):
         cue = perturbed_mask(target, np.random.default_rng(seed))
-        assert cue.shape == (1, 40, 40) and cue.dtype == torch.float32
+        assert cue.shape == (1, 60, 60) and cue.dtype == torch.float32
         assert 0.0 <= cue.min() and 0.6 - 1e-6 <= cue.max() <= 1.0
         peaks.append(float(cue.max()))
-        assert cue[0, :8].abs().sum() == 0 and cue[0, 32:].abs().sum() == 0  # > 4 px from the object
-        assert (cue[0, 16:24, 16:24] > 0).all()  # the core survives erosion + blur
+        assert cue[0, :22 - out].abs().sum() == 0 and cue[0, 38 + out:].abs().sum() == 0
+        assert cue[0, :, :22 - out].abs().sum() == 0 and cue[0, :, 38 + out:].abs().sum() == 0
+        assert (cue[0, 22 + core:38 - core, 22 + core:38 - core] > 0).all()  # the core survives
         support = int((cue[0] > 0).sum())
         grew |= support > 16 * 16
         shrank |= support < 16 * 16
