@@ -158,7 +158,7 @@ def train_segmenter(
     width: int = 64,
     crop: int = 96,
     scale_range=(0.7, 1.3),
-    second_cues=SECOND_CUES,
+    second_cues=("perturbed_mask",),
     consistency: float = 1.0,
     seed: int = 0,
     device: str = "auto",

@@ -337,7 +337,7 @@ def test_cueset_refuses_incomplete_store(tiny, stage):
 def test_train_segmenter_checkpoint(stage):
     payload = torch.load(stage["seg"], map_location="cpu", weights_only=True)
     assert payload["kind"] == "segmenter" and payload["meta"]["cue"] == "cam"
-    assert payload["meta"]["second_cues"] == ["prediction", "perturbed_mask"] and payload["meta"]["consistency"] == 1.0
+    assert payload["meta"]["second_cues"] == ["perturbed_mask"] and payload["meta"]["consistency"] == 1.0
     assert stage["summary"]["width"] == 16 and np.isfinite(stage["summary"]["loss_per_epoch"][0])
     model = load_segmenter(stage["seg"], CLASSES, CPU)
     assert isinstance(model, Segmenter) and not model.training
