@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +45,42 @@ def degraded_cue(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.exp(-((yy - ys[i]) ** 2 + (xx - xs[i]) ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
-class CueSet(AugmentedSet):
-    """One sample per (image, present class): image, that class's cue, and the class's object mask."""
+SECOND_CUES = ("prediction", "perturbed_mask")
+# perturbed_mask's shrink (-) / grow (+) radius range, in units of sqrt(object area). Biased to growth: fed
+# back, the segmenter's masks grow round after round (measured on a demo subset: false-positive pixels up by
+# a third to a half from round 1 to 3), so the second pass must learn to pull a too-large cue back in.
+GROWTH = (-0.2, 0.5)
 
-    def __init__(self, coco, cams: ShardedStore | None, crop: int, scale_range, seed: int):
+
+def perturbed_mask(target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A cue like the segmenter's own output (what it gets from round 2 on): the object mask grown or
+    shrunk by a radius drawn from GROWTH x sqrt(object area), blurred by 0-2 px and scaled to a peak in
+    [0.6, 1]. `target` is a [H, W] crop (1 = object); returns float [1, H, W]."""
+    m = (target == 1).float()[None, None]
+    r = round(rng.uniform(*GROWTH) * float(m.sum()) ** 0.5)
+    if r > 0:
+        m = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
+    elif r < 0:
+        m = 1 - F.max_pool2d(1 - m, -2 * r + 1, stride=1, padding=-r)
+    blur = int(rng.integers(0, 3))
+    if blur:
+        m = F.avg_pool2d(m, 2 * blur + 1, stride=1, padding=blur, count_include_pad=False)
+    return m[0] * float(rng.uniform(0.6, 1.0))
+
+
+class CueSet(AugmentedSet):
+    """One sample per (image, present class): image, that class's cue, and the class's object mask.
+
+    With `second_cues` a sample also carries the cue of a second training pass, drawn per sample from
+    SECOND_CUES: a perturbed object mask, or (flag set) the model's own detached first-pass prediction,
+    which only the loss can compute. Samples are then (image, cue, target, perturbed mask, use prediction)."""
+
+    def __init__(self, coco, cams: ShardedStore | None, crop: int, scale_range, seed: int, second_cues=()):
         super().__init__([(i, c) for i in coco.ids for c in coco.labels(i)], crop, scale_range, seed)
-        self.coco, self.cams = coco, cams
+        unknown = sorted(set(second_cues) - set(SECOND_CUES))
+        if unknown:
+            raise ValueError(f"unknown second cue(s) {unknown}; choose from {list(SECOND_CUES)}")
+        self.coco, self.cams, self.second_cues = coco, cams, list(second_cues)
         if cams is not None:
             missing = [i for i in coco.ids if i not in cams]
             if missing:
@@ -71,7 +102,19 @@ class CueSet(AugmentedSet):
              (torch.from_numpy(target)[None], "nearest", float(IGNORE))],
             self.crop, self.scale_range,
         )
-        return image, cue_t, target_t[0].long()
+        target_t = target_t[0].long()
+        if not self.second_cues:
+            return image, cue_t, target_t
+        second = self.second_cues[int(rng.integers(len(self.second_cues)))]
+        if second == "prediction":
+            return image, cue_t, target_t, torch.zeros_like(cue_t), torch.tensor(1.0)
+        return image, cue_t, target_t, perturbed_mask(target_t, rng), torch.tensor(0.0)
+
+
+def soft_dice(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of 1 - soft Dice between [B, H, W] maps (zero outside the valid pixels)."""
+    inter = (p * q).flatten(1).sum(1)
+    return (1 - (2 * inter + 1) / (p.flatten(1).sum(1) + q.flatten(1).sum(1) + 1)).mean()
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -80,15 +123,27 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     t = (target == 1).float()
     logits = logits[:, 0].float()
     bce = F.binary_cross_entropy_with_logits(logits, t, weight=valid, reduction="sum") / valid.sum().clamp(min=1)
-    p = torch.sigmoid(logits) * valid
-    inter = (p * t).flatten(1).sum(1)
-    dice = 1 - (2 * inter + 1) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)
-    return bce + dice.mean()
+    return bce + soft_dice(torch.sigmoid(logits) * valid, t * valid)
 
 
-def _segmenter_loss(model: Segmenter, batch) -> torch.Tensor:
-    images, cues, targets = batch
-    return dice_bce_loss(model(images, cues), targets)
+def segmenter_loss(model: Segmenter, batch, consistency: float = 0.0) -> torch.Tensor:
+    """Dice + BCE of the first pass (the configured cue). With a second cue in the batch, also of a second
+    pass on it, plus `consistency` x Dice between the two passes' outputs: the mask should not depend on
+    how good the cue is, which is what lets a round feed the next without drifting."""
+    images, cues, targets, *second = batch
+    first = model(images, cues)
+    loss = dice_bce_loss(first, targets)
+    if not second:
+        return loss
+    perturbed, use_prediction = second
+    own = torch.sigmoid(first.detach().float())
+    out = model(images, torch.where(use_prediction.view(-1, 1, 1, 1) > 0, own, perturbed))
+    loss = loss + dice_bce_loss(out, targets)
+    if consistency:
+        valid = (targets != IGNORE).float()
+        p, q = (torch.sigmoid(x[:, 0].float()) * valid for x in (first, out))
+        loss = loss + consistency * soft_dice(p, q)
+    return loss
 
 
 def train_segmenter(
@@ -103,26 +158,34 @@ def train_segmenter(
     width: int = 64,
     crop: int = 96,
     scale_range=(0.7, 1.3),
+    second_cues=("perturbed_mask",),
+    consistency: float = 1.0,
     seed: int = 0,
     device: str = "auto",
     meta: dict | None = None,
     **fit_options,
 ) -> dict:
-    """`cam_store_paths` None trains on degraded-GT cues instead of CAMs. `fit_options` go to
-    `locseg.train.fit`."""
+    """`cam_store_paths` None trains on degraded-GT cues instead of CAMs. `second_cues` (a subset of
+    SECOND_CUES; empty: one pass) and `consistency` make the cue-robust two-pass training of
+    `segmenter_loss`. `fit_options` go to `locseg.train.fit`."""
+    if consistency and not second_cues:
+        raise ValueError("segmenter consistency > 0 needs at least one second cue (second_cues)")
     gen = seed_everything(seed)
     dev = pick_device(device)
     cams = ShardedStore(cam_store_paths, kind="cam", class_names=class_names) if cam_store_paths else None
-    data = CueSet(coco, cams, crop, scale_range, seed)
+    data = CueSet(coco, cams, crop, scale_range, seed, second_cues)
     warn_if_scratch("train_segmenter", backbone, weights)
     model = prepare_model(Segmenter(backbone, output_stride, weights, width), dev)
-    log.info("segmenter samples: (image, class) pairs from %d external images", len(coco.ids))
-    losses = fit(model, data, _segmenter_loss, device=dev, generator=gen, desc="train_segmenter", **fit_options)
+    log.info("segmenter samples: (image, class) pairs from %d external images; second cues %s, consistency %g",
+             len(coco.ids), list(second_cues), consistency)
+    loss = partial(segmenter_loss, consistency=consistency)
+    losses = fit(model, data, loss, device=dev, generator=gen, desc="train_segmenter", **fit_options)
     if cams is not None:
         cams.close()
     summary = {"class_names": list(class_names), "backbone": backbone,
                "init": describe_init(backbone, weights), "output_stride": output_stride,
-               "width": width, "cue": "cam" if cam_store_paths else "degraded_gt", "samples": len(data),
+               "width": width, "cue": "cam" if cam_store_paths else "degraded_gt", "second_cues": list(second_cues),
+               "consistency": consistency, "samples": len(data),
                "epochs": len(losses), "loss_per_epoch": losses, "seed": seed, **(meta or {})}
     save_checkpoint(out_path, model, "segmenter", summary)
     return summary

@@ -15,12 +15,16 @@ from locseg.data.voc import image_size, read_mask
 from locseg.masks import export_masks
 from locseg.models.segmenter import Segmenter
 from locseg.reseg import (
+    GROWTH,
     CueSet,
     degraded_cue,
     dice_bce_loss,
     load_segmenter,
+    perturbed_mask,
     resegment,
     resegment_image,
+    segmenter_loss,
+    soft_dice,
     train_segmenter,
 )
 from locseg.store import ShardedStore, StoreReader
@@ -105,6 +109,146 @@ def test_dice_bce_perfect_vs_wrong():
     wrong = -perfect
     assert dice_bce_loss(wrong, target).item() > 5
     assert dice_bce_loss(perfect, target).requires_grad is False  # plain tensors in, plain out
+
+
+# ---------------------------------------------------------------- cue-robust training: second cue, consistency
+
+
+def test_soft_dice_hand_value():
+    p = torch.tensor([[[0.5, 1.0], [0.0, 0.0]]])
+    q = torch.tensor([[[1.0, 1.0], [0.0, 0.5]]])
+    # inter 1.5, sums 1.5 + 2.5 -> 1 - (3 + 1) / (4 + 1)
+    assert soft_dice(p, q).item() == pytest.approx(0.2, rel=1e-6)
+    assert soft_dice(q, q).item() < soft_dice(p, q).item()
+
+
+def _square(size=40, lo=12, hi=28):
+    target = torch.zeros(size, size, dtype=torch.long)
+    target[lo:hi, lo:hi] = 1
+    return target
+
+
+def test_perturbed_mask_stays_near_the_object():
+    """Grown or shrunk within GROWTH x sqrt(area) (+2 px blur): never farther out, never loses the core,
+    peak in [0.6, 1]; over seeds it both grows and shrinks, and softens."""
+    target = _square(60, 22, 38)  # 16 x 16 object
+    target[0, :] = 255  # ignored pixels are not object
+    out = round(GROWTH[1] * 16) + 2  # farthest reach outside the object
+    core = round(-GROWTH[0] * 16) + 2  # deepest reach inside it
+    assert 22 - out > 0 and 38 - core > 22 + core  # the checks below look at real pixels
+    grew = shrank = False
+    peaks = []
+    for seed in range(40):
+        cue = perturbed_mask(target, np.random.default_rng(seed))
+        assert cue.shape == (1, 60, 60) and cue.dtype == torch.float32
+        assert 0.0 <= cue.min() and 0.6 - 1e-6 <= cue.max() <= 1.0
+        peaks.append(float(cue.max()))
+        assert cue[0, :22 - out].abs().sum() == 0 and cue[0, 38 + out:].abs().sum() == 0
+        assert cue[0, :, :22 - out].abs().sum() == 0 and cue[0, :, 38 + out:].abs().sum() == 0
+        assert (cue[0, 22 + core:38 - core, 22 + core:38 - core] > 0).all()  # the core survives
+        support = int((cue[0] > 0).sum())
+        grew |= support > 16 * 16
+        shrank |= support < 16 * 16
+    assert grew and shrank and min(peaks) < 0.8
+
+
+def test_perturbed_mask_deterministic_and_empty():
+    target = _square()
+    a = perturbed_mask(target, np.random.default_rng(3))
+    b = perturbed_mask(target, np.random.default_rng(3))
+    assert torch.equal(a, b)
+    empty = perturbed_mask(torch.zeros(9, 9, dtype=torch.long), np.random.default_rng(0))
+    assert empty.shape == (1, 9, 9) and empty.abs().sum() == 0
+
+
+def test_cueset_second_cues(tiny):
+    """The second cue never changes the first pass's sample; each entry of the mix is drawn."""
+    coco = tiny["coco"]
+    plain = CueSet(coco, None, 32, (0.7, 1.3), seed=0)
+    mixed = CueSet(coco, None, 32, (0.7, 1.3), seed=0, second_cues=["prediction", "perturbed_mask"])
+    flags = []
+    for i in range(len(plain)):
+        first, sample = plain[i], mixed[i]
+        assert len(first) == 3 and len(sample) == 5
+        for a, b in zip(first, sample[:3]):
+            assert torch.equal(a, b)
+        perturbed, flag = sample[3], sample[4]
+        flags.append(float(flag))
+        if flag:
+            assert perturbed.abs().sum() == 0  # the loss puts the model's own prediction here
+        else:
+            assert perturbed.shape == (1, 32, 32)
+            assert (perturbed > 0).sum() > 0 or (sample[2] == 1).sum() == 0
+    assert set(flags) == {0.0, 1.0}
+    only = CueSet(coco, None, 32, (0.7, 1.3), seed=0, second_cues=["perturbed_mask"])
+    assert all(float(only[i][4]) == 0.0 for i in range(len(only)))
+    with pytest.raises(ValueError, match="unknown second cue"):
+        CueSet(coco, None, 32, (0.7, 1.3), seed=0, second_cues=["cam"])
+
+
+class CueModel(torch.nn.Module):
+    """logit = w * (image channel 0) + 4 * cue - 2: its output depends on the cue, and it has a weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.5))
+        self.cues = []
+
+    def forward(self, image, cue):
+        self.cues.append(cue.detach().clone())
+        return self.w * image[:, :1] + 4 * cue - 2
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 6, 6, generator=g)
+    cues = torch.rand(2, 1, 6, 6, generator=g)
+    targets = torch.randint(0, 2, (2, 6, 6), generator=g)
+    targets[:, 0] = 255
+    perturbed = torch.rand(2, 1, 6, 6, generator=g)
+    use_prediction = torch.tensor([1.0, 0.0])
+    return images, cues, targets, perturbed, use_prediction
+
+
+def test_segmenter_loss_second_pass_cues_and_value():
+    """Sample 0's second cue is the first pass's own (detached) probability, sample 1's the perturbed mask;
+    the loss is both passes' Dice + BCE plus consistency x Dice between their outputs."""
+    images, cues, targets, perturbed, use_prediction = batch = _batch()
+    model = CueModel()
+    loss = segmenter_loss(model, batch, consistency=0.7)
+    first_cue, second_cue = model.cues
+    assert torch.equal(first_cue, cues)
+    with torch.no_grad():
+        first = model.w * images[:, :1] + 4 * cues - 2
+        torch.testing.assert_close(second_cue[0], torch.sigmoid(first[0]))
+        torch.testing.assert_close(second_cue[1], perturbed[1])
+        second = model.w * images[:, :1] + 4 * second_cue - 2
+        valid = (targets != 255).float()
+        consistency = soft_dice(torch.sigmoid(first[:, 0]) * valid, torch.sigmoid(second[:, 0]) * valid)
+        expected = dice_bce_loss(first, targets) + dice_bce_loss(second, targets) + 0.7 * consistency
+    assert consistency.item() > 0.01
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert segmenter_loss(CueModel(), batch[:3]).item() == pytest.approx(dice_bce_loss(first, targets).item(), rel=1e-6)
+
+
+def test_segmenter_loss_own_prediction_is_detached():
+    """No gradient flows back through the first pass into the cue of the second: the gradient is that of
+    the two passes with the cue taken as a constant."""
+    batch = _batch()
+    model = CueModel()
+    segmenter_loss(model, batch, consistency=0.0).backward()
+    images, cues, targets, perturbed, use_prediction = batch
+    w = torch.tensor(0.5, requires_grad=True)
+    first = w * images[:, :1] + 4 * cues - 2
+    cue2 = torch.where(use_prediction.view(-1, 1, 1, 1) > 0, torch.sigmoid(first.detach()), perturbed)
+    (dice_bce_loss(first, targets) + dice_bce_loss(w * images[:, :1] + 4 * cue2 - 2, targets)).backward()
+    assert model.w.grad.item() == pytest.approx(w.grad.item(), rel=1e-5)
+
+
+def test_train_segmenter_refuses_consistency_without_second_cue(tiny, tmp_path):
+    with pytest.raises(ValueError, match="second cue"):
+        train_segmenter(tiny["coco"], None, CLASSES, tmp_path / "s.pt", second_cues=[], consistency=1.0, **FAST)
+    assert not (tmp_path / "s.pt").exists()
 
 
 # ---------------------------------------------------------------- resegment_image
@@ -193,6 +337,7 @@ def test_cueset_refuses_incomplete_store(tiny, stage):
 def test_train_segmenter_checkpoint(stage):
     payload = torch.load(stage["seg"], map_location="cpu", weights_only=True)
     assert payload["kind"] == "segmenter" and payload["meta"]["cue"] == "cam"
+    assert payload["meta"]["second_cues"] == ["perturbed_mask"] and payload["meta"]["consistency"] == 1.0
     assert stage["summary"]["width"] == 16 and np.isfinite(stage["summary"]["loss_per_epoch"][0])
     model = load_segmenter(stage["seg"], CLASSES, CPU)
     assert isinstance(model, Segmenter) and not model.training

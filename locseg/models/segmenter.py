@@ -8,6 +8,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from locseg.models.backbones import build_backbone
+from locseg.models.decoder import decoder_head, low_projection
 
 
 class Segmenter(nn.Module):
@@ -22,20 +23,8 @@ class Segmenter(nn.Module):
         if backbone == "small":
             rates = [2, 4, 6]
         self.aspp = ASPP(self.encoder.out_channels + 1, rates, out_channels=width)
-        self.low_proj = nn.Sequential(
-            nn.Conv2d(self.encoder.low_channels, width // 2, 1, bias=False),
-            nn.BatchNorm2d(width // 2),
-            nn.ReLU(inplace=True),
-        )
-        self.decoder = nn.Sequential(
-            nn.Conv2d(width + width // 2 + 1, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, 1, 1),
-        )
+        self.low_proj = low_projection(self.encoder.low_channels, width)
+        self.decoder = decoder_head(width + width // 2 + 1, width, 1)
 
     def forward(self, image: torch.Tensor, cue: torch.Tensor) -> torch.Tensor:
         """image [B,3,H,W] normalised, cue [B,1,H,W] in [0,1] -> logits [B,1,H,W]."""

@@ -98,13 +98,33 @@ def test_rgb_weights_into_four_channel_encoder(rgb_weights):
             assert torch.equal(seg.encoder.state_dict()[k], v), k
 
 
+def test_small_deeplab_uses_stride4_decoder():
+    """The small DeepLab is v3+: its logits depend on the stride-4 features through the decoder."""
+    torch.manual_seed(0)
+    net = build_deeplab(5).eval()
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        before = net(x)["out"]
+        net.low_proj[0].weight.mul_(3.0)
+        after = net(x)["out"]
+    assert before.shape == (1, 5, 40, 40)
+    assert (before - after).abs().max() > 1e-3
+
+
+def test_segmenter_state_dict_names_kept():
+    """Checkpoints written before the decoder pieces were shared still load (same names and shapes)."""
+    sd = Segmenter(width=16).state_dict()
+    assert sd["low_proj.0.weight"].shape == (8, 32, 1, 1)
+    assert sd["decoder.0.weight"].shape == (16, 16 + 8 + 1, 3, 3) and sd["decoder.6.weight"].shape == (1, 16, 1, 1)
+
+
 def test_rgb_weights_into_rgb_backbone_and_deeplab(rgb_weights):
     path, sd = rgb_weights
     bb = build_backbone("small", 3, weights=str(path))
     for k, v in sd.items():
         assert torch.equal(bb.state_dict()[k], v), k
     dl = build_deeplab(3, "small", weights=str(path))
-    trunk = dl.backbone.backbone.state_dict()
+    trunk = dl.backbone.state_dict()
     for k, v in sd.items():
         assert torch.equal(trunk[k], v), k
     cam = CamNet(2, weights=str(path))

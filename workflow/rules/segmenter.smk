@@ -11,8 +11,8 @@ rule train_segmenter:
     output:
         model=f"{RESULTS}/models/segmenter.pt",
     params:
-        train=pick("segmenter", "backbone", "weights", "output_stride", "width", "cue", "crop",
-                   "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay"),
+        train=pick("segmenter", "backbone", "weights", "output_stride", "width", "cue", "second_cues",
+                   "consistency", "crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay"),
         category_map=config["coco"]["category_map"],
         seed=config["seed"],
         data=lambda wc: data_version(EXTERNAL, "images"),
