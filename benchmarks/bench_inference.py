@@ -45,7 +45,8 @@ from locseg.data.voc import read_image
 from locseg.models.cam import CamNet
 from locseg.models.segmenter import Segmenter
 from locseg.reseg import resegment
-from locseg.train import load_checkpoint, pick_device, save_checkpoint
+from locseg.checkpoints import load_checkpoint, save_checkpoint
+from locseg.runtime import pick_device
 
 VOC = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
        "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]

@@ -57,7 +57,7 @@ def cmd_info(args) -> int:
     import h5py
 
     from locseg.store import StoreReader
-    from locseg.train import config_hash
+    from locseg.config import config_hash
 
     path = Path(args.store)
     with StoreReader(path) as reader:

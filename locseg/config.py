@@ -4,6 +4,8 @@ schema cannot express (paths that must exist, names that must agree). One line p
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 
 import jsonschema
@@ -157,3 +159,8 @@ def load_config(path, schema_path) -> dict:
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: a config must be a mapping")
     return validate_config(config, schema_path)
+
+
+def config_hash(obj) -> str:
+    """Short stable hash of a JSON-able config section, recorded in checkpoints and stores."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

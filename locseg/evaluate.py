@@ -15,7 +15,7 @@ from locseg.metrics import ConfusionMatrix
 from locseg.overlays import overlay_grid, sample_ids
 from locseg.retrain import load_deeplab, predict
 from locseg.store import ShardedStore
-from locseg.train import pick_device, progress
+from locseg.runtime import pick_device, progress
 
 log = logging.getLogger("locseg.evaluate")
 

@@ -17,7 +17,7 @@ from PIL import Image
 from locseg.data.voc import IGNORE, read_mask, write_mask
 from locseg.fsutil import atomic_path
 from locseg.store import ShardedStore
-from locseg.train import progress
+from locseg.runtime import progress
 
 log = logging.getLogger("locseg.masks")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from locseg.config import config_hash
 from locseg.fsutil import atomic_path, read_json
 
 NA = "n/a"
@@ -188,8 +189,6 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
 
     Returns the rows (results, benchmarks) and the config hash, for callers and tests.
     """
-    from locseg.train import config_hash  # local: imports torch, which nothing else here needs
-
     html_path, md_path = Path(html_path), Path(md_path)
     cams, masks, gap = read_json(cams_json), read_json(masks_json), read_json(gap_json)
     deeplab = {labels: read_json(p) for labels, p in deeplab_jsons.items()}

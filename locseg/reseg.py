@@ -16,16 +16,9 @@ from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment,
 from locseg.data.voc import read_image
 from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
-from locseg.train import (
-    autocast,
-    fit,
-    load_checkpoint,
-    pick_device,
-    prepare_model,
-    progress,
-    save_checkpoint,
-    seed_everything,
-)
+from locseg.checkpoints import load_checkpoint, save_checkpoint
+from locseg.runtime import autocast, pick_device, prepare_model, progress, seed_everything
+from locseg.train import fit
 from locseg.weights import describe_init, warn_if_scratch
 
 log = logging.getLogger("locseg.reseg")

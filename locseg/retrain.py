@@ -12,15 +12,9 @@ import torch.nn.functional as F
 from locseg.data.transforms import AugmentedSet, joint_augment, normalize
 from locseg.data.voc import read_image, read_mask
 from locseg.models.deeplab import build_deeplab
-from locseg.train import (
-    autocast,
-    fit,
-    load_checkpoint,
-    pick_device,
-    prepare_model,
-    save_checkpoint,
-    seed_everything,
-)
+from locseg.checkpoints import load_checkpoint, save_checkpoint
+from locseg.runtime import autocast, pick_device, prepare_model, seed_everything
+from locseg.train import fit
 from locseg.weights import describe_init, warn_if_scratch
 
 log = logging.getLogger("locseg.retrain")

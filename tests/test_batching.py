@@ -23,7 +23,7 @@ from locseg.models.cam import CamNet
 from locseg.models.segmenter import Segmenter
 from locseg.reseg import resegment, resegment_batch
 from locseg.store import StoreReader, StoreWriter, file_sha256
-from locseg.train import save_checkpoint
+from locseg.checkpoints import save_checkpoint
 from tests.conftest import CLASSES, CPU, K
 
 # Runs of equal sizes (buckets), size changes mid-batch, a lone size, a portrait/landscape pair.

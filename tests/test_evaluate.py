@@ -16,7 +16,7 @@ from locseg.evaluate import eval_cams, evaluate_deeplab, evaluate_masks, supervi
 from locseg.fsutil import write_json
 from locseg.models.deeplab import build_deeplab
 from locseg.store import StoreWriter
-from locseg.train import save_checkpoint
+from locseg.checkpoints import save_checkpoint
 
 NAMES = ["background", "a", "b"]
 

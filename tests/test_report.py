@@ -12,7 +12,7 @@ import pytest
 from locseg import viz
 from locseg.fsutil import write_json
 from locseg.report import benchmark_rows, fmt, write_report
-from locseg.train import config_hash
+from locseg.config import config_hash
 from tests.conftest import CLASSES
 
 

@@ -16,7 +16,9 @@ from torch.utils.data import Dataset
 
 from locseg import resume
 from locseg.resume import Preempted, TrainState, input_fingerprint
-from locseg.train import fit, save_checkpoint, seed_everything
+from locseg.checkpoints import save_checkpoint
+from locseg.runtime import seed_everything
+from locseg.train import fit
 
 EPOCHS, BATCH = 3, 4
 

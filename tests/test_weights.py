@@ -14,7 +14,7 @@ from locseg.cam import train_cam
 from locseg.models.backbones import build_backbone
 from locseg.models.deeplab import build_deeplab
 from locseg.models.segmenter import Segmenter
-from locseg.train import load_checkpoint
+from locseg.checkpoints import load_checkpoint
 from tests.conftest import CLASSES, FAST
 
 

@@ -13,7 +13,7 @@ from torchvision.models import resnet
 from torchvision.models._utils import IntermediateLayerGetter
 
 from locseg.models.resnet38 import ResNet38
-from locseg.train import load_weights_file
+from locseg.checkpoints import load_weights_file
 from locseg.weights import resolve
 
 RESNETS = {"resnet18": resnet.resnet18, "resnet50": resnet.resnet50, "resnet101": resnet.resnet101}

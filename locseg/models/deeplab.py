@@ -10,7 +10,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from locseg.models.backbones import SmallBackbone, _load_rgb_weights
 from locseg.models.decoder import decoder_head, low_projection
-from locseg.train import load_weights_file
+from locseg.checkpoints import load_weights_file
 from locseg.weights import resolve
 
 RESNET_DEEPLABS = {"resnet50": deeplabv3_resnet50, "resnet101": deeplabv3_resnet101}

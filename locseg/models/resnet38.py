@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from locseg.train import load_weights_file
+from locseg.checkpoints import load_weights_file
 
 # First name component of every checkpoint entry that belongs to a SEAM/PSA head rather than the trunk.
 CLASSIFIER_KEY = "fc8.weight"

@@ -3,7 +3,7 @@
 from locseg.evaluate import evaluate_deeplab
 from locseg.logs import log_to
 from locseg.sources import gt_paths, image_paths
-from locseg.train import set_threads
+from locseg.runtime import set_threads
 
 with log_to(snakemake.log[0]):
     set_threads(snakemake.threads)

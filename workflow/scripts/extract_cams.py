@@ -5,7 +5,7 @@ from locseg.logs import log_to
 from locseg.shards import shard_ids
 from locseg.sources import image_paths, images_and_labels
 from locseg.store import import_npy
-from locseg.train import set_threads
+from locseg.runtime import set_threads
 
 with log_to(snakemake.log[0]):
     workers = set_threads(snakemake.threads, snakemake.config["inference"]["workers"])

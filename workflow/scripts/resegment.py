@@ -3,7 +3,7 @@
 from locseg.logs import log_to
 from locseg.reseg import resegment
 from locseg.sources import image_paths
-from locseg.train import set_threads
+from locseg.runtime import set_threads
 
 with log_to(snakemake.log[0]):
     workers = set_threads(snakemake.threads, snakemake.config["inference"]["workers"])

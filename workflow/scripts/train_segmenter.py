@@ -4,7 +4,8 @@ from locseg.logs import log_to
 from locseg.resume import TrainState
 from locseg.reseg import train_segmenter
 from locseg.sources import coco_split
-from locseg.train import config_hash, set_threads
+from locseg.config import config_hash
+from locseg.runtime import set_threads
 
 with log_to(snakemake.log[0]):
     workers = set_threads(snakemake.threads, snakemake.config["num_workers"])

@@ -1,0 +1,66 @@
+"""Checkpoints (docs/formats.md, "Checkpoints") and user-supplied weights files: plain state dicts plus
+metadata, always loaded with weights_only=True."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from locseg import __version__
+from locseg.fsutil import atomic_path
+
+CHECKPOINT_FORMAT = "locseg.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path, model: torch.nn.Module, kind: str, meta: dict) -> None:
+    """State dict plus plain metadata, loadable with weights_only=True; written atomically."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": kind,
+        "locseg_version": __version__,
+        "meta": meta,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    size = sum(v.nbytes for v in payload["state_dict"].values())
+    with atomic_path(path, needs=lambda written: max(size, written)) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+
+
+def load_checkpoint(path, kind: str, class_names: list[str] | None = None) -> dict:
+    """Load a locseg checkpoint, refusing other formats, kinds, versions or class lists."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for foreign or truncated files
+        raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a locseg checkpoint (no format={CHECKPOINT_FORMAT!r})")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint version {payload.get('version')}, this locseg reads {CHECKPOINT_VERSION}"
+        )
+    if payload.get("kind") != kind:
+        raise ValueError(f"{path}: a {payload.get('kind')!r} checkpoint where a {kind!r} one is expected")
+    found = payload["meta"].get("class_names")
+    if class_names is not None and found != list(class_names):
+        raise ValueError(f"{path}: trained for classes {found}, config has {list(class_names)}")
+    return payload
+
+
+def load_weights_file(path, what: str) -> dict:
+    """A user-supplied pretrained state dict (never downloaded). Accepts {'state_dict': ...} wrappers."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} weights file not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: {what} weights must be a state dict, found {type(state).__name__}")
+    return state
