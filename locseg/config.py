@@ -1,9 +1,11 @@
-"""Config validation before any job runs: JSON schema (with defaults filled in) plus the checks a
-schema cannot express (paths that must exist, names that must agree). One line per problem."""
+"""Config validation before any job runs: the JSON schema, then the checks a schema cannot express (paths
+that must exist, names that must agree). One line per problem.
+
+The schema requires every key and holds no defaults: config/config.yaml is the one place defaults live
+(other config files are merged over it, or are complete configs run alone)."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -23,26 +25,12 @@ class ConfigError(ValueError):
     pass
 
 
-def _with_defaults(validator_class):
-    """A validator that also writes schema defaults into the instance (as Snakemake's validate does)."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if "default" in sub and name not in instance:
-                    instance[name] = copy.deepcopy(sub["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
 def _where(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
 def validate_config(config: dict, schema_path) -> dict:
-    """Validate in place (defaults filled) and return config; raise ConfigError naming every bad key."""
+    """Validate and return config; raise ConfigError naming every bad or missing key."""
     problems = schema_problems(config, schema_path) or semantic_problems(config)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
@@ -50,9 +38,9 @@ def validate_config(config: dict, schema_path) -> dict:
 
 
 def schema_problems(config: dict, schema_path) -> list[str]:
-    """JSON-schema errors, one line each; fills defaults into `config` in place."""
+    """JSON-schema errors, one line each."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     return [f"{_where(e)}: {e.message}" for e in errors]
 

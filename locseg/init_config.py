@@ -125,7 +125,7 @@ def build_config(base: dict, voc_root, coco_images, coco_annotations, classes: l
     category_map, unmatched = propose_category_map(coco_categories(coco_annotations), classes,
                                                    base["coco"]["category_map"])
     config = copy.deepcopy(base)
-    config["demo"] = {"enabled": False}
+    config["demo"]["enabled"] = False
     config["classes"] = classes
     config["dataset"].update(root=str(voc_root), mask_dir=mask_dir, splits=splits)
     config["coco"] = {"image_dir": str(coco_images), "annotations": str(coco_annotations),

@@ -95,7 +95,7 @@ def test_writes_complete_commented_config(tree, tmp_path, capsys):
     assert config["coco"]["category_map"] == {"Fox": "fox", "owl": "owl", "ram": "ram", "yak": "yak"}
     assert not set(config["coco"]["category_map"]) & set(DEMO_COCO_CATEGORY_MAP)
     assert "ewe, tortoise" in text  # the unmapped categories are listed for the user to map
-    assert config["demo"] == {"enabled": False} and config["dataset"]["root"] == str(tree["voc"].resolve())
+    assert config["demo"]["enabled"] is False and config["dataset"]["root"] == str(tree["voc"].resolve())
     assert config["dataset"]["mask_dir"] == "SegmentationClass"
     assert "# split whose image labels train the CAM net" in text  # schema descriptions as comments
     assert run_command(out) in text
