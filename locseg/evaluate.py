@@ -78,7 +78,7 @@ def evaluate_masks(mask_dir, image_paths: dict[str, Path], gt_paths: dict[str, P
             round_cms += [ConfusionMatrix(len(class_names)) for _ in range(len(rounds) - len(round_cms))]
             for r, rcm in zip(rounds, round_cms):
                 rcm.update(gt, assemble_labels(r, classes, bg_score, band))
-        last_round = probs.attrs["config"].get("reseg", {}).get("rounds", len(round_cms))
+        last_round = probs.attrs["rounds"]
     # Without stored rounds (reseg.keep_rounds: false) the one entry is the last round, not the first.
     first_round = last_round - len(round_cms) + 1
     per_round = [{"round": first_round + i, "miou": c.scores(class_names)["miou"]} for i, c in enumerate(round_cms)]

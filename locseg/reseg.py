@@ -299,7 +299,8 @@ def resegment(
         items = prefetch(_ResegItems(cams, image_paths), workers, pin_memory=dev.type == "cuda")
         bar = progress(total=len(cams.ids), desc=f"resegment {Path(out_path).name}")
         with StoreWriter(out_path, "prob", class_names, scales=cams.attrs["scales"],
-                         model_sha256=file_sha256(checkpoint), config=config, expected=len(cams.ids)) as out, \
+                         model_sha256=file_sha256(checkpoint), config=config, expected=len(cams.ids),
+                         rounds=rounds) as out, \
                 BackgroundWriter(out, max_pending=max(2, batch_size)) as writer:
             for bucket in buckets(items, batch_size, key=lambda item: tuple(item[1].shape[:2])):
                 probs = resegment_batch(run, [im for _, im, _, _ in bucket], [m for _, _, m, _ in bucket],

@@ -2,7 +2,7 @@
 
 Layout (docs/formats.md, "CAM / probability store"):
 
-    /                     attrs: format="locseg.store", version=1, kind="cam"|"prob", class_names,
+    /                     attrs: format="locseg.store", version=1, kind="cam"|"prob", class_names, rounds,
                                  scales, model_sha256, config (JSON string)
     /_ids                 str [N]: image ids in insertion order (HDF5 lists groups alphabetically,
                                    so the order a stage wrote them in is recorded explicitly)
@@ -108,7 +108,7 @@ class StoreWriter:
     """
 
     def __init__(self, path, kind: str, class_names: list[str], scales=(), model_sha256: str = "",
-                 config: dict | None = None, expected: int | None = None):
+                 config: dict | None = None, expected: int | None = None, rounds: int = 0):
         self.path = Path(path)
         if kind not in KINDS:
             raise ValueError(f"{self.path}: kind must be one of {KINDS}, got {kind!r}")
@@ -138,6 +138,7 @@ class StoreWriter:
             a["scales"] = np.asarray([float(s) for s in scales], dtype=np.float64)
             a["model_sha256"] = str(model_sha256)
             a["config"] = config_json
+            a["rounds"] = int(rounds)
         except BaseException as e:
             self._finish(e)
             raise
@@ -290,6 +291,7 @@ class StoreReader:
             "scales": [float(s) for s in np.atleast_1d(a["scales"])],
             "model_sha256": _as_str(a["model_sha256"]),
             "config": json.loads(_as_str(a["config"])),
+            "rounds": int(a.get("rounds", 0)),
         }
 
     def _file(self) -> h5py.File:
@@ -378,7 +380,7 @@ class ShardedStore:
                 r = StoreReader(p, kind=kind, class_names=class_names)
                 self.readers.append(r)
                 first = self.readers[0]
-                for key in ("kind", "class_names"):
+                for key in ("kind", "class_names", "rounds"):
                     if r.attrs[key] != first.attrs[key]:
                         raise ValueError(f"{key} differs between shards: {first.path} has {first.attrs[key]!r}, "
                                          f"{r.path} has {r.attrs[key]!r}")

@@ -90,9 +90,9 @@ def _images(tmp_path):
     return paths
 
 
-def _probs(tmp_path, configured_rounds, keep_rounds):
-    path = tmp_path / f"probs_{configured_rounds}_{keep_rounds}.h5"
-    with StoreWriter(path, "prob", NAMES, scales=[1.0], config={"reseg": {"rounds": configured_rounds}}) as w:
+def _probs(tmp_path, rounds_run, keep_rounds):
+    path = tmp_path / f"probs_{rounds_run}_{keep_rounds}.h5"
+    with StoreWriter(path, "prob", NAMES, scales=[1.0], rounds=rounds_run) as w:
         w.write("x", ROUND_2, [1], extra={"rounds": np.stack([ROUND_1, ROUND_2])} if keep_rounds else None)
         w.write("y", np.zeros((0, 1, 2), np.float32), [],
                 extra={"rounds": np.zeros((2, 0, 1, 2), np.float32)} if keep_rounds else None)

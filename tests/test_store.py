@@ -64,7 +64,7 @@ def test_round_trip_values_classes_attrs_and_order(tmp_path):
         assert "img_9" in r and "nope" not in r
         assert r.attrs == {"format": FORMAT, "version": VERSION, "kind": "cam", "class_names": NAMES,
                            "scales": [1.0, 0.5], "model_sha256": "ab" * 32,
-                           "config": {"cam": {"scales": [1.0, 0.5]}}}
+                           "config": {"cam": {"scales": [1.0, 0.5]}}, "rounds": 0}
         for iid, (maps, classes) in images.items():
             m, c = r.read(iid)
             assert m.dtype == np.float32 and c.dtype == np.int64
@@ -90,12 +90,13 @@ def test_values_are_rounded_to_the_1024_grid_not_truncated(tmp_path):
 def test_file_layout_with_plain_h5py(tmp_path):
     images = make_images(n=2)
     p = tmp_path / "s.h5"
-    with StoreWriter(p, "prob", NAMES, scales=[1.0], config={"a": 1}) as w:
+    with StoreWriter(p, "prob", NAMES, scales=[1.0], config={"a": 1}, rounds=2) as w:
         for iid, (maps, classes) in images.items():
             w.write(iid, maps, classes, extra={"rounds": np.stack([maps, maps * 0.5])})
     with h5py.File(p, "r") as f:
         a = f.attrs
-        assert set(a) == {"format", "version", "kind", "class_names", "scales", "model_sha256", "config"}
+        assert set(a) == {"format", "version", "kind", "class_names", "scales", "model_sha256", "config", "rounds"}
+        assert a["rounds"] == 2
         assert a["format"] == "locseg.store" and a["version"] == 1 and a["kind"] == "prob"
         assert list(a["class_names"]) == NAMES and list(a["scales"]) == [1.0]
         assert a["model_sha256"] == "" and a["config"] == '{"a": 1}'
