@@ -23,8 +23,10 @@ def test_make_optimizer():
     sgd = make_optimizer("sgd", params, 0.01, 1e-4)
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 1e-4
-    adam = make_optimizer("adam", params, 0.001, 0.0)
+    adam = make_optimizer("adamw", params, 0.001, 0.0)
     assert isinstance(adam, torch.optim.AdamW) and adam.defaults["lr"] == 0.001
+    with pytest.raises(ValueError, match="'adam'; choose sgd or adamw"):
+        make_optimizer("adam", params, 0.1, 0.0)  # the name says what it is
     with pytest.raises(ValueError, match="rmsprop"):
         make_optimizer("rmsprop", params, 0.1, 0.0)
 

@@ -88,7 +88,7 @@ def _build_tree(root: Path) -> dict[str, list[str]]:
 
 
 def _overrides(root: Path) -> dict:
-    train = {"backbone": "small", "weights": None, "crop": 48, "batch_size": 4, "epochs": 2, "optimizer": "adam",
+    train = {"backbone": "small", "weights": None, "crop": 48, "batch_size": 4, "epochs": 2, "optimizer": "adamw",
              "lr": 0.002}
     return {
         "shards": 2,
