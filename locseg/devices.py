@@ -3,8 +3,9 @@
 Snakemake's `--resources gpu=N` only bounds how many GPU jobs run at once; it gives local jobs no GPU ids,
 so without this every job would land on cuda:0. A job claims a GPU by taking an exclusive `flock` on a
 lock file named after the GPU's machine-wide identity (its UUID; see `visible_gpus`), so jobs to which a
-scheduler such as SLURM gave different GPUs never contend, whatever index those GPUs have inside a job. The lock lives as long as the process: the OS releases
-it when the job ends, however it ends (kill -9 included), so no stale lock outlives a crash.
+scheduler such as SLURM gave different GPUs never contend, whatever index those GPUs have inside a job.
+The lock lives as long as the process: the OS releases it when the job ends, however it ends (kill -9
+included), so no stale lock outlives a crash.
 """
 
 from __future__ import annotations

@@ -206,7 +206,8 @@ def load_segmenter(path, class_names: list[str], device: torch.device) -> Segmen
 @torch.no_grad()
 def resegment_image(model: Segmenter, image: np.ndarray, cams: np.ndarray, rounds: int,
                     device: torch.device) -> np.ndarray:
-    """All classes of one image in one batch; each round's output is the next round's cue. Returns float32 [rounds, k, H, W] probabilities."""
+    """All classes of one image in one batch; each round's output is the next round's cue.
+    Returns float32 [rounds, k, H, W] probabilities."""
     return resegment_batch(model, [image], [cams], rounds, Compute.on(device))[0]
 
 
@@ -216,8 +217,9 @@ def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, compute:
     """`resegment_image` for several images of one run size (`Compute.shared_size`) at once: one forward
     pass per round over every (image, present class) pair of the batch; with `compute.canvas`, image and
     cue are padded to the canvas (the cue with zeros) and the probabilities cropped back. With one image
-    this is exactly the per-image computation. `max_side` caps the run size's longer side. Returns one float32 [rounds, k_i, h_i, w_i] array per image
-    ([1, k_i, h_i, w_i], the last round, when not keep_rounds: earlier rounds then never leave the device)."""
+    this is exactly the per-image computation. `max_side` caps the run size's longer side. Returns one
+    float32 [rounds, k_i, h_i, w_i] array per image ([1, k_i, h_i, w_i], the last round, when not
+    keep_rounds: earlier rounds then never leave the device)."""
     sizes = [np.asarray(im).shape[:2] for im in images]
     ks = [c.shape[0] for c in cams]
     kept = rounds if keep_rounds else 1

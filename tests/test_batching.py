@@ -179,7 +179,8 @@ def test_resegment_batch1_is_byte_identical_to_per_image_loop(data, cams_b1, tmp
     resegment(data["dir"] / "seg.pt", cams_b1[pad], data["paths"], CLASSES, out, rounds=2, device="cpu", canvas=pad)
     ref = tmp_path / "ref.h5"
     with StoreReader(cams_b1[pad]) as cams, StoreWriter(ref, "prob", CLASSES, scales=cams.attrs["scales"],
-                                                        model_sha256=file_sha256(data["dir"] / "seg.pt")) as w:
+                                                        model_sha256=file_sha256(data["dir"] / "seg.pt"),
+                                                        rounds=2) as w:
         for i in _size_ordered(data["ids"], pad):
             maps, classes = cams.read(i)
             probs = _reference_resegment_image(data["seg"], read_image(data["paths"][i]), maps, 2, CPU, pad)
