@@ -1,15 +1,28 @@
 """Streaming pieces shared by the per-image stages (extract_cams, resegment).
 
-    decode (DataLoader workers, in order) -> same-size buckets -> model (one forward per bucket)
-        -> BackgroundWriter (a thread: validation, float16 rounding, gzip, HDF5) -> StoreWriter
+    size_order (image headers) -> decode (DataLoader workers, in that order) -> same-size buckets
+        -> model (one forward per bucket) -> BackgroundWriter (a thread: validation, float16 rounding,
+        gzip, HDF5) -> StoreWriter
+
+A shard is processed in `size_order` (by run size, input order within a size), so images that can share a
+forward pass are consecutive. What they share is set by config `inference.canvas`:
+
+- off (the default): an image runs at its own size, so only images of identical size share a pass. Exact
+  results, but on real datasets, which mix dozens (VOC) to hundreds (COCO) of sizes, most passes hold one
+  image.
+- on: every image is padded, bottom and right, with the mean colour (0 after normalisation) to its
+  *canvas* (each side rounded up, see `canvas`), and the maps are cropped back, so batches fill: VOC's
+  500x375, 500x333 and their neighbours all share the 384x512 canvas. The padding changes the maps
+  (mostly near the right and bottom border), so it is a result-changing choice, not a speed setting.
 
 Memory stays flat whatever the shard size: at most `workers * PREFETCH` decoded items wait ahead of the
 model, one bucket (<= batch_size images) is on the model, and at most `max_pending` images' maps wait
 for the writer thread.
 
-Order is the input order everywhere (no shuffling, buckets are runs of *consecutive* same-size images),
-so a store's content and byte layout do not depend on batch_size or workers. Only the model's arithmetic
-can: on CPU, batch_size 1 runs exactly the per-image computation; larger batches agree to float rounding.
+The run size and the order depend on the image sizes (and `canvas`) only, so a store's content and byte
+layout do not depend on batch_size or workers. Only the model's arithmetic can: on CPU, batch_size 1 runs
+exactly the per-image computation; larger batches agree to float rounding (within one float16 step of
+the store).
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Self
 
 import numpy as np
@@ -29,6 +43,71 @@ from locseg.data.transforms import MEAN, STD, normalize
 log = logging.getLogger("locseg.batching")
 
 PREFETCH = 2  # decoded items per DataLoader worker waiting ahead of the model
+CANVAS_MIN_STEP = 16  # the backbones' output stride
+
+
+def _canvas_side(n: int) -> int:
+    """n rounded up to a multiple of a quarter of the largest power of two <= n (at least 16): 256-511 px
+    sides step by 64, so VOC's 333 to 375 px sides all share 384; 96-127 px sides step by 16. The padding
+    stays below a quarter of the side, mostly far below."""
+    step = max(CANVAS_MIN_STEP, (1 << (max(n, 1).bit_length() - 1)) // 4)
+    return -(-n // step) * step
+
+
+def canvas(h: int, w: int) -> tuple[int, int]:
+    """The padded size an (h, w) image runs at with `inference.canvas` (see `_canvas_side`)."""
+    return _canvas_side(h), _canvas_side(w)
+
+
+def speed_settings(config: dict) -> dict:
+    """Config `inference` without `canvas`: the keys that change speed, never what is written (so they are
+    no Snakemake params; `canvas` changes the maps and is one)."""
+    return {k: v for k, v in config["inference"].items() if k != "canvas"}
+
+
+def run_size(h: int, w: int, pad: bool) -> tuple[int, int]:
+    """The size an (h, w) image runs at: its canvas when padding (`inference.canvas`), else its own size."""
+    return canvas(h, w) if pad else (h, w)
+
+
+def size_order(sizes: Sequence[tuple[int, int]], pad: bool) -> list[int]:
+    """Indices of `sizes` ((h, w) per image) by `run_size`, input order within a size: images that can share
+    a forward pass become consecutive. Depends on the sizes and `pad` only, never on batch_size or workers."""
+    return sorted(range(len(sizes)), key=lambda i: (run_size(*sizes[i], pad), i))
+
+
+@dataclass(frozen=True)
+class Compute:
+    """How a stage runs its model. On CUDA: bf16 autocast, and the accelerated input path (uint8 pixels
+    moved and normalised on the device, channels_last). On CPU both are off by default (exact fp32), and
+    tests turn them on to run the code path a GPU takes. `canvas`: pad images to their canvas (see the
+    module docstring); off, every image runs at its own size."""
+
+    device: torch.device
+    bf16: bool = False
+    channels_last: bool = False
+    canvas: bool = False
+
+    @classmethod
+    def on(cls, device: torch.device, bf16: bool | None = None, channels_last: bool | None = None,
+           canvas: bool = False) -> Compute:
+        """None follows the device: on for CUDA, off elsewhere."""
+        cuda = device.type == "cuda"
+        return cls(device, cuda if bf16 is None else bf16, cuda if channels_last is None else channels_last, canvas)
+
+    def shared_size(self, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """The one size a batch of images of `sizes` runs at; they must share it (see `size_order`)."""
+        size = run_size(*sizes[0], self.canvas)
+        if any(run_size(h, w, self.canvas) != size for h, w in sizes):
+            raise ValueError(f"images of sizes {sorted(set(sizes))} do not share one run size (canvas {self.canvas})")
+        return size
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model in the memory format the inputs will have."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
 def _identity(item):
@@ -66,18 +145,54 @@ def buckets(items: Iterable, batch_size: int, key: Callable) -> Iterator[list]:
         yield bucket
 
 
-def to_input(images: Sequence[torch.Tensor | np.ndarray], device: torch.device) -> torch.Tensor:
-    """uint8 [H,W,3] images of one size -> normalised float [B,3,H,W] on `device`.
+def to_input(images: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int], compute: Compute) -> torch.Tensor:
+    """uint8 [h,w,3] images -> normalised float [B,3,H,W] on the device, each padded bottom/right with
+    zeros (the mean colour) to `size` (their canvas; no padding when it is their own size).
 
-    On CPU this is exactly `normalize` (results unchanged); on CUDA the uint8 pixels are moved (4x fewer
-    bytes than float) and normalised there, in channels_last for the convolutions.
+    Default path: exactly `normalize` per image. Accelerated path (compute.channels_last, on by default on
+    CUDA): the uint8 pixels are moved (4x fewer bytes than float; pinned by the DataLoader) and normalised
+    on the device, the batch in channels_last for the convolutions.
     """
-    if device.type != "cuda":
-        return torch.stack([normalize(np.asarray(im)) for im in images])
-    x = torch.stack([torch.as_tensor(im) for im in images]).to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    x = (x - MEAN.to(device)) / STD.to(device)
-    return x.contiguous(memory_format=torch.channels_last)
+    dev = compute.device
+    x = torch.zeros(len(images), 3, *size, device=dev)
+    for i, im in enumerate(images):
+        if compute.channels_last:
+            t = torch.as_tensor(im).to(dev, non_blocking=True).permute(2, 0, 1).float().div_(255.0)
+            t = (t - MEAN.to(dev)) / STD.to(dev)
+        else:
+            t = normalize(np.asarray(im)).to(dev)
+        x[i, :, :t.shape[1], :t.shape[2]] = t
+    return x.contiguous(memory_format=torch.channels_last) if compute.channels_last else x
+
+
+def crop_rows(maps: torch.Tensor, ks: Sequence[int], sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """Split run-size maps [..., sum(ks), H, W] into one array per image, cropped to that image's (h, w).
+    Returns float32 numpy arrays [..., k_i, h_i, w_i]."""
+    maps = maps.float().cpu().numpy()  # one transfer off the device
+    out, start = [], 0
+    for k, (h, w) in zip(ks, sizes):
+        out.append(np.ascontiguousarray(maps[..., start:start + k, :h, :w]))
+        start += k
+    return out
+
+
+class PassCounter:
+    """Images per forward pass of one job (logged: a batch that does not fill costs GPU time)."""
+
+    def __init__(self):
+        self.images = self.passes = 0
+
+    def add(self, n_images: int) -> None:
+        if n_images:
+            self.images += n_images
+            self.passes += 1
+
+    @property
+    def mean(self) -> float:
+        return self.images / self.passes if self.passes else 0.0
+
+    def summary(self) -> dict:
+        return {"images": self.images, "forward_passes": self.passes, "images_per_pass": round(self.mean, 2)}
 
 
 def maybe_compile(fn: Callable, device: torch.device, enabled: bool) -> Callable:

@@ -10,13 +10,24 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from locseg.batching import BackgroundWriter, buckets, maybe_compile, prefetch, to_input
+from locseg.batching import (
+    BackgroundWriter,
+    Compute,
+    PassCounter,
+    buckets,
+    crop_rows,
+    maybe_compile,
+    prefetch,
+    run_size,
+    size_order,
+    to_input,
+)
 from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment, normalize
-from locseg.data.voc import read_image
+from locseg.data.voc import image_size, read_image
 from locseg.models.cam import CamNet
 from locseg.store import StoreWriter, file_sha256
 from locseg.checkpoints import load_checkpoint, save_checkpoint
-from locseg.runtime import autocast, pick_device, prepare_model, progress, seed_everything
+from locseg.runtime import pick_device, prepare_model, progress, seed_everything
 from locseg.train import fit
 from locseg.weights import describe_init, warn_if_scratch
 
@@ -108,51 +119,51 @@ def infer_cams(model: CamNet, image: np.ndarray, classes: list[int], scales, fli
                device: torch.device) -> np.ndarray:
     """CAMs of `classes` (project indices, 1..K-1) at image size, summed over scales (and the flipped
     view), then max-normalised per class to [0,1] as IRN does. Returns float32 [k,H,W]."""
-    return infer_cams_batch(model.cams, [image], [classes], scales, flip, device)[0]
+    return infer_cams_batch(model.cams, [image], [classes], scales, flip, Compute.on(device))[0]
 
 
 @torch.no_grad()
-def infer_cams_batch(cams_fn, images, classes: list[list[int]], scales, flip: bool,
-                     device: torch.device, max_side: int | None = None) -> list[np.ndarray]:
-    """`infer_cams` for several same-size images at once: per scale, one forward pass over every image and
-    its flipped view ([2B, 3, h, w]); each image's own classes are picked from the raw CAMs, and all picked
-    maps are upsampled in one call. `cams_fn` is `CamNet.cams` (or its torch.compile). Images without a
-    class skip the model. With one image this is exactly the per-image computation.
-    Returns one float32 [k_i, H, W] array per image."""
-    h, w = np.asarray(images[0]).shape[:2]
+def infer_cams_batch(cams_fn, images, classes: list[list[int]], scales, flip: bool, compute: Compute,
+                     max_side: int | None = None) -> list[np.ndarray]:
+    """`infer_cams` for several images of one run size (`Compute.shared_size`) at once: per scale, one
+    forward pass over every image and its flipped view ([2B, 3, h, w]); each image's own classes are picked
+    from the raw CAMs, all picked maps are upsampled in one call, then cropped back to each image's size
+    (padded with `compute.canvas`). `cams_fn` is `CamNet.cams` (or its torch.compile). Images without a
+    class skip the model. With one image this is exactly the per-image computation. `max_side` caps the
+    run size's longer side. Returns one float32 [k_i, h_i, w_i] array per image."""
+    sizes = [np.asarray(im).shape[:2] for im in images]
     ks = [len(c) for c in classes]
     active = [i for i, k in enumerate(ks) if k]
     if not active:
-        return [np.zeros((0, h, w), np.float32) for _ in images]
-    x = to_input([images[i] for i in active], device)
+        return [np.zeros((0, h, w), np.float32) for h, w in sizes]
+    dev = compute.device
+    size = compute.shared_size(sizes)
+    x = to_input([images[i] for i in active], size, compute)
     b = len(active)
-    idx = [torch.as_tensor([c - 1 for c in classes[i]], device=device) for i in active]
-    total = torch.zeros(sum(ks), h, w, device=device)
-    base = inference_scale(h, w, max_side)
+    idx = [torch.as_tensor([c - 1 for c in classes[i]], device=dev) for i in active]
+    total = torch.zeros(sum(ks), *size, device=dev)
+    base = inference_scale(*size, max_side)
     for s in (base * s for s in scales):
-        xs = x if s == 1.0 else F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
+        xs = x if s == 1.0 else F.interpolate(x, size=(max(1, round(size[0] * s)), max(1, round(size[1] * s))),
                                               mode="bilinear", align_corners=False)
         if flip:
             xs = torch.cat([xs, xs.flip(-1)])
-        if device.type == "cuda":
+        if compute.channels_last:
             xs = xs.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
+        with compute.autocast():
             raw = cams_fn(xs)
         if b == 1:
             cams = raw[:, idx[0]].float()  # [views, k, h', w']
         else:  # image j's views are rows j (and b + j): pick its classes, stack all maps along dim 1
             views = [[j, b + j] if flip else [j] for j in range(b)]
             cams = torch.cat([raw[v][:, i] for v, i in zip(views, idx)], 1).float()
-        cams = F.interpolate(cams, size=(h, w), mode="bilinear", align_corners=False)
+        cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
         if flip:
             cams = cams[:1] + cams[1:].flip(-1)
         total += cams[0]
-    peak = total.flatten(1).max(1).values.view(-1, 1, 1)
-    maps = (total / (peak + 1e-5)).cpu().numpy()
-    out, start = [], 0
-    for k in ks:
-        out.append(maps[start:start + k] if k else np.zeros((0, h, w), np.float32))
-        start += k
+    out = []
+    for maps in crop_rows(total, ks, sizes):  # max-normalise over the image, not the padding
+        out.append(maps / (maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1) + 1e-5) if len(maps) else maps)
     return out
 
 
@@ -186,32 +197,45 @@ def extract_cams(
     batch_size: int = 1,
     workers: int = 0,
     compile: bool = False,
-) -> None:
-    """One store file with the CAMs of `ids` (one shard), only for each image's present classes.
-    `max_side` caps the longer image side the scales apply to (maps still come out at image size).
+    canvas: bool = False,
+    bf16: bool | None = None,
+    channels_last: bool | None = None,
+) -> dict:
+    """One store file with the CAMs of `ids` (one shard), only for each image's present classes, written in
+    `size_order`. `max_side` caps the longer side (of the canvas with `canvas`) the scales apply to (maps
+    still come out at image size). Returns (and logs) the images per forward pass.
 
     batch_size / workers / compile (config `inference`) change speed, never which maps are written:
-    consecutive same-size images share a forward pass, `workers` processes decode images ahead of the
-    model, and a thread compresses and writes the store beside it (see locseg/batching.py).
+    images of one size share a forward pass, `workers` processes decode images ahead of the model, and a
+    thread compresses and writes the store beside it (see locseg/batching.py). `canvas` (config
+    `inference.canvas`) pads images to their canvas so that mixed sizes share a pass: it changes the maps.
+    bf16 / channels_last: None follows the device (on for CUDA); fp32 on CUDA is bf16=False.
     """
     dev = pick_device(device)
     missing = [i for i in ids if i not in labels]
     if missing:
         raise KeyError(f"no image labels for {len(missing)} image(s) of {Path(out_path).name}, e.g. {missing[:3]}")
-    model = load_cam_net(checkpoint, class_names, dev)
-    log.info("extract_cams: %d images on %s, batch_size %d, workers %d", len(ids), dev, batch_size, workers)
+    compute = Compute.on(dev, bf16, channels_last, canvas)
+    model = compute.prepare(load_cam_net(checkpoint, class_names, dev))
+    log.info("extract_cams: %d images on %s (bf16 %s), batch_size %d, workers %d", len(ids), dev, compute.bf16,
+             batch_size, workers)
     cams_fn = maybe_compile(model.cams, dev, compile)
-    data = _CamImages(list(ids), image_paths, [list(labels[i]) for i in ids])
+    ids = [ids[j] for j in size_order([image_size(image_paths[i]) for i in ids], canvas)]
+    data = _CamImages(ids, image_paths, [list(labels[i]) for i in ids])
     items = prefetch(data, workers, pin_memory=dev.type == "cuda")  # forks before the writer thread exists
     bar = progress(total=len(ids), desc=f"extract_cams {Path(out_path).name}")
+    passes = PassCounter()
     with StoreWriter(out_path, "cam", class_names, scales=list(scales), model_sha256=file_sha256(checkpoint),
                      config=config, expected=len(ids)) as store, \
             BackgroundWriter(store, max_pending=max(2, batch_size)) as writer:
-        for bucket in buckets(items, batch_size, key=lambda item: tuple(item[1].shape[:2])):
+        for bucket in buckets(items, batch_size, key=lambda item: run_size(*item[1].shape[:2], canvas)):
             maps = infer_cams_batch(cams_fn, [im for _, im, _ in bucket], [c for _, _, c in bucket],
-                                    scales, flip, dev, max_side)
+                                    scales, flip, compute, max_side)
+            passes.add(sum(1 for _, _, c in bucket if c))
             for (image_id, _, classes), m in zip(bucket, maps):
                 writer.write(image_id, m, classes)
             bar.update(len(bucket))
     bar.close()
-    log.info("wrote %d images to %s", len(ids), out_path)
+    log.info("wrote %d images to %s; %.2f images per forward pass (%d passes, batch_size %d)", len(ids), out_path,
+             passes.mean, passes.passes, batch_size)
+    return passes.summary()

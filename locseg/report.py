@@ -14,6 +14,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import re
 from pathlib import Path
 
 import yaml
@@ -24,6 +25,9 @@ from locseg.fsutil import atomic_path, read_json
 NA = "n/a"
 # Its own timing file is left out of the run-time table: it is from the previous report, if any.
 _SELF_RULE = "report"
+# The line locseg.devices.pick_device writes to the log of every job that runs a model: "running on cpu",
+# "running on cuda:1 (NVIDIA H100 80GB HBM3), GPU <uuid> of this machine".
+_DEVICE_LINE = re.compile(r"running on (cpu|cuda:\d+ \([^)\n]*\))")
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -103,13 +107,30 @@ def model_rows(config: dict) -> list[dict]:
     return rows
 
 
-def benchmark_rows(benchmarks_dir) -> list[dict]:
-    """Per rule: jobs, total and longest wall time (the `s` column of Snakemake's benchmark TSVs)."""
-    root = Path(benchmarks_dir)
-    per_rule: dict[str, list[float]] = {}
-    for path in sorted(root.rglob("*.tsv")) if root.is_dir() else []:
+def _per_rule_files(root: Path, ext: str):
+    """(rule, path) of every `ext` file under root: `<rule>.<ext>` or `<rule>/<job pattern>.<ext>`."""
+    for path in sorted(root.rglob(f"*.{ext}")) if root.is_dir() else []:
         rel = path.relative_to(root)
-        rule = rel.parts[0] if len(rel.parts) > 1 else path.stem
+        yield (rel.parts[0] if len(rel.parts) > 1 else path.stem), path
+
+
+def rule_devices(logs_dir) -> dict[str, str]:
+    """Per rule: the device(s) its jobs ran on, read from each job log's device line (see _DEVICE_LINE).
+    Rules that run no model (or ran none, e.g. imported CAMs) have no entry."""
+    found: dict[str, set[str]] = {}
+    for rule, path in _per_rule_files(Path(logs_dir), "log"):
+        lines = _DEVICE_LINE.findall(path.read_text(encoding="utf-8", errors="replace"))
+        if lines:
+            found.setdefault(rule, set()).add(lines[-1])
+    return {rule: ", ".join(sorted(devices)) for rule, devices in found.items()}
+
+
+def benchmark_rows(benchmarks_dir, logs_dir=None) -> list[dict]:
+    """Per rule: jobs, total and longest wall time (the `s` column of Snakemake's benchmark TSVs), and the
+    device(s) its jobs ran on (from the job logs in `logs_dir`; empty for rules without a model)."""
+    devices = rule_devices(logs_dir) if logs_dir else {}
+    per_rule: dict[str, list[float]] = {}
+    for rule, path in _per_rule_files(Path(benchmarks_dir), "tsv"):
         if rule == _SELF_RULE:
             continue
         with open(path, newline="") as fh:
@@ -118,12 +139,13 @@ def benchmark_rows(benchmarks_dir) -> list[dict]:
                     per_rule.setdefault(rule, []).append(float(rec["s"]))
                 except (KeyError, TypeError, ValueError):
                     raise ValueError(f"{path}: not a Snakemake benchmark TSV (no numeric 's' column)") from None
-    rows = [{"rule": rule, "jobs": str(len(s)), "total_s": fmt(sum(s)), "max_s": fmt(max(s))}
+    rows = [{"rule": rule, "jobs": str(len(s)), "total_s": fmt(sum(s)), "max_s": fmt(max(s)),
+             "device": devices.get(rule, "")}
             for rule, s in sorted(per_rule.items(), key=lambda kv: -sum(kv[1]))]
     if per_rule:
         every = [x for s in per_rule.values() for x in s]
         rows.append({"rule": "all rules (sum of job times)", "jobs": str(len(every)), "total_s": fmt(sum(every)),
-                     "max_s": fmt(max(every))})
+                     "max_s": fmt(max(every)), "device": ""})
     return rows
 
 
@@ -167,7 +189,8 @@ def _md_table(headers: list[str], keys: list[str], rows: list[dict]) -> str:
 _RESULT_COLS = (["figure", "split", "mIoU (%)", "ignored GT area (%)", "images", "note"],
                 ["what", "split", "miou", "ignored", "images", "note"])
 _MODEL_COLS = (["model", "backbone", "initialisation"], ["model", "backbone", "init"])
-_BENCH_COLS = (["rule", "jobs", "total (s)", "longest job (s)"], ["rule", "jobs", "total_s", "max_s"])
+_BENCH_COLS = (["rule", "jobs", "total (s)", "longest job (s)", "device"],
+               ["rule", "jobs", "total_s", "max_s", "device"])
 
 
 def _validation_lines(validation_json) -> list[str]:
@@ -184,8 +207,10 @@ def _validation_lines(validation_json) -> list[str]:
 
 
 def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: dict, gap_json,
-                 plots: dict[str, os.PathLike], benchmarks_dir, config: dict, validation_json=None) -> dict:
-    """Write the HTML and Markdown report; `plots` maps a caption to a PNG (shown in that order).
+                 plots: dict[str, os.PathLike], benchmarks_dir, config: dict, validation_json=None,
+                 logs_dir=None) -> dict:
+    """Write the HTML and Markdown report; `plots` maps a caption to a PNG (shown in that order); the job logs
+    in `logs_dir` tell the device each rule ran on.
 
     Returns the rows (results, benchmarks) and the config hash, for callers and tests.
     """
@@ -199,7 +224,7 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
     results = result_rows(cams, masks, deeplab, gap)
     models = model_rows(config)
     checks = _validation_lines(validation_json)
-    bench = benchmark_rows(benchmarks_dir)
+    bench = benchmark_rows(benchmarks_dir, logs_dir)
     chash = config_hash(config)
     vers = versions()
     config_yaml = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)

@@ -11,13 +11,24 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from locseg.batching import BackgroundWriter, buckets, maybe_compile, prefetch, to_input
+from locseg.batching import (
+    BackgroundWriter,
+    Compute,
+    PassCounter,
+    buckets,
+    crop_rows,
+    maybe_compile,
+    prefetch,
+    run_size,
+    size_order,
+    to_input,
+)
 from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment, normalize
-from locseg.data.voc import read_image
+from locseg.data.voc import image_size, read_image
 from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
 from locseg.checkpoints import load_checkpoint, save_checkpoint
-from locseg.runtime import autocast, pick_device, prepare_model, progress, seed_everything
+from locseg.runtime import pick_device, prepare_model, progress, seed_everything
 from locseg.train import fit
 from locseg.weights import describe_init, warn_if_scratch
 
@@ -197,56 +208,58 @@ def resegment_image(model: Segmenter, image: np.ndarray, cams: np.ndarray, round
                     device: torch.device) -> np.ndarray:
     """All classes of one image in one batch; each round's output is the next round's cue.
     Returns float32 [rounds, k, H, W] probabilities."""
-    return resegment_batch(model, [image], [cams], rounds, device)[0]
+    return resegment_batch(model, [image], [cams], rounds, Compute.on(device))[0]
 
 
 @torch.no_grad()
-def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, device: torch.device,
+def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, compute: Compute,
                     keep_rounds: bool = True, max_side: int | None = None) -> list[np.ndarray]:
-    """`resegment_image` for several same-size images at once: one forward pass per round over every
-    (image, present class) pair of the batch. With one image this is exactly the per-image computation.
-    Returns one float32 [rounds, k_i, H, W] array per image ([1, k_i, H, W], the last round, when not
+    """`resegment_image` for several images of one run size (`Compute.shared_size`) at once: one forward
+    pass per round over every (image, present class) pair of the batch; with `compute.canvas`, image and
+    cue are padded to the canvas (the cue with zeros) and the probabilities cropped back. With one image
+    this is exactly the per-image computation. `max_side` caps the run size's longer side. Returns one
+    float32 [rounds, k_i, h_i, w_i] array per image ([1, k_i, h_i, w_i], the last round, when not
     keep_rounds: earlier rounds then never leave the device)."""
-    h, w = np.asarray(images[0]).shape[:2]
+    sizes = [np.asarray(im).shape[:2] for im in images]
     ks = [c.shape[0] for c in cams]
     kept = rounds if keep_rounds else 1
     if not sum(ks):
-        return [np.zeros((kept, 0, h, w), np.float32) for _ in images]
+        return [np.zeros((kept, 0, h, w), np.float32) for h, w in sizes]
+    dev = compute.device
     active = [i for i, k in enumerate(ks) if k]
-    x = to_input([images[i] for i in active], device)
+    size = compute.shared_size(sizes)
+    x = to_input([images[i] for i in active], size, compute)
     if len(active) == 1:
         x = x.expand(ks[active[0]], -1, -1, -1)
     else:
-        x = x.repeat_interleave(torch.as_tensor([ks[i] for i in active], device=device), dim=0)
-    cue = torch.from_numpy(np.concatenate([cams[i] for i in active]) if len(active) > 1 else cams[active[0]])
-    cue = cue.unsqueeze(1).to(device)
-    s = inference_scale(h, w, max_side)
-    if s < 1.0:  # run at the reduced size, hand back every round at image size
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        cue = F.interpolate(cue, size=size, mode="bilinear", align_corners=False)
-    if device.type == "cuda":
+        x = x.repeat_interleave(torch.as_tensor([ks[i] for i in active], device=dev), dim=0)
+    cue = torch.zeros(sum(ks), 1, *size, device=dev)
+    start = 0
+    for i in active:
+        h, w = sizes[i]
+        cue[start:start + ks[i], 0, :h, :w] = torch.from_numpy(cams[i]).to(dev)
+        start += ks[i]
+    s = inference_scale(*size, max_side)
+    if s < 1.0:  # run at the reduced size, hand back every round at run size
+        small = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
+        x = F.interpolate(x, size=small, mode="bilinear", align_corners=False)
+        cue = F.interpolate(cue, size=small, mode="bilinear", align_corners=False)
+    if compute.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     out = []
     for _ in range(rounds):
-        with autocast(device):
+        with compute.autocast():
             cue = torch.sigmoid(model(x, cue).float())
-        full = cue if s == 1.0 else F.interpolate(cue, size=(h, w), mode="bilinear", align_corners=False)
+        full = cue if s == 1.0 else F.interpolate(cue, size=size, mode="bilinear", align_corners=False)
         out.append(full[:, 0])
-    probs = torch.stack(out[-kept:]).cpu().numpy()
-    result, start = [], 0
-    for k in ks:
-        result.append(probs[:, start:start + k] if k else np.zeros((kept, 0, h, w), np.float32))
-        start += k
-    return result
+    return crop_rows(torch.stack(out[-kept:]), ks, sizes)
 
 
 class _ResegItems(Dataset):
-    """(image id, decoded uint8 image, CAMs, classes) in store order; read in DataLoader workers."""
+    """(image id, decoded uint8 image, CAMs, classes) in the order of `ids`; read in DataLoader workers."""
 
-    def __init__(self, cams: ShardedStore, image_paths: dict[str, Path]):
-        self.cams, self.image_paths = cams, image_paths
-        self.ids = list(cams.ids)
+    def __init__(self, cams: ShardedStore, image_paths: dict[str, Path], ids: list[str]):
+        self.cams, self.image_paths, self.ids = cams, image_paths, ids
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -278,34 +291,48 @@ def resegment(
     batch_size: int = 1,
     workers: int = 0,
     compile: bool = False,
-) -> None:
-    """One prob store per CAM shard: `maps` = the last round; `rounds` [R,k,H,W] when keep_rounds.
+    canvas: bool = False,
+    bf16: bool | None = None,
+    channels_last: bool | None = None,
+) -> dict:
+    """One prob store per CAM shard: `maps` = the last round; `rounds` [R,k,H,W] when keep_rounds. Images
+    run in `size_order`. Returns (and logs) the images per forward pass.
 
     batch_size / workers / compile (config `inference`) change speed, never which maps are written (see
-    locseg/batching.py): consecutive same-size images share a forward pass, workers decode images and read
-    CAMs ahead of the model, and a thread compresses and writes the store.
+    locseg/batching.py): images of one size share a forward pass, workers decode images and read CAMs
+    ahead of the model, and a thread compresses and writes the store. `canvas` (config `inference.canvas`)
+    pads images to their canvas so that mixed sizes share a pass: it changes the maps. bf16 /
+    channels_last: None follows the device (on for CUDA).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = pick_device(device)
-    model = load_segmenter(checkpoint, class_names, dev)
-    log.info("resegment: %d rounds on %s, batch_size %d, workers %d", rounds, dev, batch_size, workers)
+    compute = Compute.on(dev, bf16, channels_last, canvas)
+    model = compute.prepare(load_segmenter(checkpoint, class_names, dev))
+    log.info("resegment: %d rounds on %s (bf16 %s), batch_size %d, workers %d", rounds, dev, compute.bf16,
+             batch_size, workers)
     run = maybe_compile(model, dev, compile)
     keep = keep_rounds and rounds > 1
+    passes = PassCounter()
     with ShardedStore([cam_store_path], kind="cam", class_names=class_names) as cams:
         missing = [i for i in cams.ids if i not in image_paths]
         if missing:
             raise KeyError(f"{cam_store_path}: {len(missing)} image id(s) with no image path, e.g. {missing[:3]}")
-        items = prefetch(_ResegItems(cams, image_paths), workers, pin_memory=dev.type == "cuda")
-        bar = progress(total=len(cams.ids), desc=f"resegment {Path(out_path).name}")
+        ids = [cams.ids[j] for j in size_order([image_size(image_paths[i]) for i in cams.ids], canvas)]
+        items = prefetch(_ResegItems(cams, image_paths, ids), workers, pin_memory=dev.type == "cuda")
+        bar = progress(total=len(ids), desc=f"resegment {Path(out_path).name}")
         with StoreWriter(out_path, "prob", class_names, scales=cams.attrs["scales"],
                          model_sha256=file_sha256(checkpoint), config=config, expected=len(cams.ids),
                          rounds=rounds) as out, \
                 BackgroundWriter(out, max_pending=max(2, batch_size)) as writer:
-            for bucket in buckets(items, batch_size, key=lambda item: tuple(item[1].shape[:2])):
+            for bucket in buckets(items, batch_size, key=lambda item: run_size(*item[1].shape[:2], canvas)):
                 probs = resegment_batch(run, [im for _, im, _, _ in bucket], [m for _, _, m, _ in bucket],
-                                        rounds, dev, keep_rounds=keep, max_side=max_side)
+                                        rounds, compute, keep_rounds=keep, max_side=max_side)
+                passes.add(sum(1 for _, _, m, _ in bucket if len(m)))
                 for (image_id, _, _, classes), p in zip(bucket, probs):
                     writer.write(image_id, p[-1], classes, extra={"rounds": p} if keep else None)
                 bar.update(len(bucket))
         bar.close()
+    log.info("resegment %s: %.2f images per forward pass (%d passes, batch_size %d)", Path(out_path).name,
+             passes.mean, passes.passes, batch_size)
+    return passes.summary()

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from locseg.devices import pick_device  # noqa: F401 - the device choice lives there; the stages import it from here
+
 log = logging.getLogger("locseg")
 
 
@@ -22,15 +24,6 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     return torch.Generator().manual_seed(seed)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` takes CUDA when present; asking for `cuda` without one is an error, not a silent CPU run."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("config asks for device 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 def autocast(device: torch.device):

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from locseg.cam import ClassificationSet, extract_cams, infer_cams, load_cam_net, train_cam
+from locseg.batching import Compute, size_order
+from locseg.cam import ClassificationSet, extract_cams, infer_cams, infer_cams_batch, load_cam_net, train_cam
 from locseg.data.transforms import normalize
 from locseg.data.voc import image_size
 from locseg.models.cam import CamNet
@@ -74,6 +75,28 @@ def test_infer_cams_flip_is_undone():
     torch.testing.assert_close(x[1], x[0].flip(-1))
     plain = infer_cams(model, image, [1], scales=(1.0,), flip=False, device=CPU)
     np.testing.assert_allclose(plain[0], ramp[0] / 4, atol=1e-4)
+
+
+def test_infer_cams_runs_the_image_at_its_own_size():
+    model = FixedCams(np.ones((1, 40, 50), np.float32))
+    infer_cams(model, np.zeros((40, 50, 3), np.uint8), [1], scales=(1.0,), flip=False, device=CPU)
+    assert model.inputs[-1].shape == (1, 3, 40, 50)  # no padding to the 48x64 canvas
+
+
+def test_infer_cams_with_canvas_pads_and_crops_back():
+    """inference.canvas: a 40x50 image runs padded (zeros, the mean colour) to its 48x64 canvas; its maps
+    are cropped back and normalised over the image only."""
+    ramp = np.tile(np.arange(64, dtype=np.float32), (48, 1))
+    maps = np.zeros((1, 48, 64), np.float32)
+    maps[0, :40, :50] = ramp[:40, :50]
+    maps[0, 44:, 55:] = 1000.0  # a peak in the padding must not set the normalisation
+    model = FixedCams(maps)
+    out = infer_cams_batch(model.cams, [np.full((40, 50, 3), 255, np.uint8)], [[1]], (1.0,), False,
+                           Compute(CPU, canvas=True))[0]
+    assert out.shape == (1, 40, 50)
+    np.testing.assert_allclose(out[0], ramp[:40, :50] / 49, atol=1e-4)
+    x = model.inputs[-1]
+    assert x.shape == (1, 3, 48, 64) and x[0, :, 40:].abs().max() == 0 and x[0, :, :, 50:].abs().max() == 0
 
 
 def test_infer_cams_flip_on_equivariant_model_changes_nothing():
@@ -187,7 +210,7 @@ def test_extract_cams_store(tiny, cam_ckpt, tmp_path):
     extract_cams(path, tiny["image_paths"], tiny["labels"], ids, CLASSES, out, scales=(1.0, 0.5), flip=True,
                  device="cpu")
     with StoreReader(out, kind="cam", class_names=CLASSES) as r:
-        assert list(r.ids) == ids
+        assert list(r.ids) == [ids[j] for j in size_order([image_size(tiny["image_paths"][i]) for i in ids], False)]
         assert list(r.attrs["scales"]) == [1.0, 0.5]
         assert r.attrs["model_sha256"] == file_sha256(path)
         for i in ids:

@@ -11,7 +11,7 @@ import pytest
 
 from locseg import viz
 from locseg.fsutil import write_json
-from locseg.report import benchmark_rows, fmt, write_report
+from locseg.report import benchmark_rows, fmt, rule_devices, write_report
 from locseg.config import config_hash
 from tests.conftest import CLASSES
 
@@ -91,11 +91,37 @@ def test_report_html_is_self_contained_and_complete(run_dir):
 def test_report_benchmarks(run_dir):
     result = _write(run_dir)
     rows = {r["rule"]: r for r in result["benchmarks"]}
-    assert rows["extract_cams"] == {"rule": "extract_cams", "jobs": "2", "total_s": "40.5", "max_s": "30.5"}
+    assert rows["extract_cams"] == {"rule": "extract_cams", "jobs": "2", "total_s": "40.5", "max_s": "30.5",
+                                    "device": ""}  # no logs given
     assert rows["train_cam"]["total_s"] == "100.2" or rows["train_cam"]["total_s"] == "100.3"
     assert "report" not in rows  # its own timing is from the previous run
     assert [r["rule"] for r in result["benchmarks"]][:2] == ["train_cam", "extract_cams"]  # slowest first
     assert benchmark_rows(run_dir["tmp"] / "nowhere") == []
+
+
+def test_report_shows_the_device_each_gpu_rule_ran_on(run_dir):
+    from locseg.devices import pick_device
+    from locseg.logs import log_to
+
+    logs = run_dir["res"] / "logs"
+    with log_to(logs / "extract_cams/train/000.log"):  # the line pick_device really writes
+        pick_device("cpu")
+    gpu = "INFO running on cuda:{} (NVIDIA H100 80GB HBM3), GPU GPU-5e1a-{} of this machine\n"  # its CUDA format
+    (logs / "extract_cams/train/001.log").write_text("2026-11-27 INFO extract_cams: 8 images\n" + gpu.format(1, 1))
+    (logs / "train_cam.log").write_text("2026-11-27 " + gpu.format(0, 0) + "epoch 1/3\n")
+    (logs / "image_labels.log").write_text("2026-11-27 INFO wrote labels\n")  # no model, no device line
+    assert rule_devices(logs) == {"extract_cams": "cpu, cuda:1 (NVIDIA H100 80GB HBM3)",
+                                  "train_cam": "cuda:0 (NVIDIA H100 80GB HBM3)"}
+    p = run_dir["paths"]
+    result = write_report(run_dir["res"] / "report.html", run_dir["res"] / "report.md", cams_json=p["cams"],
+                          masks_json=p["masks"], deeplab_jsons={"pseudo": p["pseudo"], "gt": p["gt"]},
+                          gap_json=p["gap"], plots=run_dir["plots"], benchmarks_dir=run_dir["bench"],
+                          config=run_dir["config"], logs_dir=logs)
+    rows = {r["rule"]: r["device"] for r in result["benchmarks"]}
+    assert rows["train_cam"] == "cuda:0 (NVIDIA H100 80GB HBM3)" and rows["extract_cams"].startswith("cpu, cuda:1")
+    md = (run_dir["res"] / "report.md").read_text()
+    assert "| device |" in md and "| cuda:0 (NVIDIA H100 80GB HBM3) |" in md
+    assert "<td>cpu, cuda:1 (NVIDIA H100 80GB HBM3)</td>" in (run_dir["res"] / "report.html").read_text()
 
 
 def test_markdown_twin_links_pngs_relatively(run_dir):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from locseg.batching import Compute
 from locseg.cam import extract_cams, train_cam
 from locseg.data.transforms import normalize
 from locseg.data.voc import image_size, read_mask
@@ -22,6 +23,7 @@ from locseg.reseg import (
     load_segmenter,
     perturbed_mask,
     resegment,
+    resegment_batch,
     resegment_image,
     segmenter_loss,
     soft_dice,
@@ -285,6 +287,24 @@ def test_resegment_image_feeds_rounds_back():
     x = model.calls[0][0]
     assert x.shape == (2, 3, 5, 7)
     torch.testing.assert_close(x[1], normalize(image))
+
+
+def test_resegment_with_canvas_pads_image_and_cue_and_crops_back():
+    """inference.canvas: image and cue run padded (zeros) to the 16x16 canvas, the outputs cropped back."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    cams = rng.random((2, 5, 7)).astype(np.float32)
+    model = RecordingModel()
+    out = resegment_batch(model, [image], [cams], 2, Compute(CPU, canvas=True))[0]
+    assert out.shape == (2, 2, 5, 7)
+    np.testing.assert_allclose(out[0], 1 / (1 + np.exp(-(2 * cams.astype(np.float64) - 1))), atol=1e-5)
+    cue = model.calls[0][1][:, 0].numpy()
+    assert cue.shape == (2, 16, 16) and not cue[:, 5:].any() and not cue[:, :, 7:].any()
+    np.testing.assert_allclose(cue[:, :5, :7], cams, atol=0)
+    np.testing.assert_allclose(model.calls[1][1][:, 0, :5, :7].numpy(), out[0], atol=1e-6)
+    x = model.calls[0][0]
+    assert x.shape == (2, 3, 16, 16) and x[:, :, 5:].abs().max() == 0
+    torch.testing.assert_close(x[1, :, :5, :7], normalize(image))
 
 
 def test_resegment_image_no_classes_and_real_model():

@@ -175,6 +175,25 @@ def test_cam_scale_reruns_extraction_but_not_training(tiny_run):
     assert jobs["extract_cams"] == 4 and jobs["train_segmenter"] == 1 and jobs["resegment"] == 2
 
 
+def test_canvas_reruns_the_per_image_stages_and_speed_settings_rerun_nothing(tiny_run):
+    jobs = planned_jobs(tiny_run, {"inference": {"canvas": True}})  # changes the maps: a param
+    assert "train_cam" not in jobs and jobs["extract_cams"] == 4 and jobs["resegment"] == 2
+    assert jobs["train_deeplab"] == 1 and jobs["report"] == 1  # DeepLab on pseudo labels, not on GT
+    # speed only: nothing reruns but the report, which prints the whole config
+    assert planned_jobs(tiny_run, {"inference": {"batch_size": 4, "workers": 1}}) == {"report": 1, "all": 1}
+
+
+def test_report_names_the_device_of_each_gpu_rule(tiny_run):
+    rows = {}
+    for line in (tiny_run / "results/report.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[1].isdigit():  # rule | jobs | total | longest | device
+            rows[cells[0]] = cells[4]
+    for rule in ("train_cam", "extract_cams", "train_segmenter", "resegment", "train_deeplab", "evaluate_deeplab"):
+        assert rows[rule] == "cpu", (rule, rows)
+    assert rows["image_labels"] == ""
+
+
 def test_shard_count_does_not_change_the_maps(tiny_run, tmp_path):
     other = tmp_path / "resharded"
     shutil.copytree(tiny_run, other, symlinks=True)

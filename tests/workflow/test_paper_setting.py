@@ -91,6 +91,7 @@ def _overrides(root: Path) -> dict:
     train = {"backbone": "small", "weights": None, "crop": 48, "batch_size": 4, "epochs": 2, "optimizer": "adamw",
              "lr": 0.002}
     return {
+        "device": "cpu",  # the paper config asks for cuda; this machine may have none
         "shards": 2,
         "num_workers": 0,
         "dataset": {"root": str(root / "VOCdevkit/VOC2012")},

@@ -40,6 +40,7 @@ rule extract_cams:
         store=f"{RESULTS}/cams/{{split}}/{{shard}}.h5",
     params:
         infer=pick("cam", "scales", "flip", "max_side"),
+        canvas=config["inference"]["canvas"],  # changes the maps; the rest of `inference` is speed only
         imported=lambda wc: imports_cams(wc.split),
         shards=config["shards"],
         data=lambda wc: cam_data_version(wc.split),

@@ -29,6 +29,7 @@ rule report:
         # The report prints the whole config, so any config change makes it stale (a cheap rule).
         config=config,
         benchmarks=f"{RESULTS}/benchmarks",
+        logs=f"{RESULTS}/logs",  # each job's device line: the device each GPU rule ran on
         overlay_images=config["report"]["overlay_images"],
         pseudo_eval=SPLITS["pseudo_eval"],
         val=SPLITS["val"],

@@ -42,6 +42,7 @@ rule resegment:
         store=f"{RESULTS}/reseg/{{split}}/{{shard}}.h5",
     params:
         reseg=pick("reseg", "rounds", "keep_rounds", "max_side"),
+        canvas=config["inference"]["canvas"],  # changes the maps; the rest of `inference` is speed only
         data=lambda wc: data_version(wc.split, "images"),
         code=code_version("resegment"),
     threads: 1 + config["inference"]["workers"]

@@ -1,5 +1,6 @@
 """Rule extract_cams: CAMs of one shard of one split into the HDF5 store (or imported from .npy)."""
 
+from locseg.batching import speed_settings
 from locseg.cam import extract_cams
 from locseg.logs import log_to
 from locseg.shards import shard_ids
@@ -28,7 +29,8 @@ with log_to(snakemake.log[0]):
             cfg["classes"],
             snakemake.output.store,
             **snakemake.params.infer,
+            canvas=snakemake.params.canvas,
             device=cfg["device"],
-            config=config,
-            **{**cfg["inference"], "workers": workers},  # speed only: never changes what is written
+            config={**config, "canvas": snakemake.params.canvas},
+            **{**speed_settings(cfg), "workers": workers},  # speed only: never changes what is written
         )

@@ -25,5 +25,5 @@ with log_to(snakemake.log[0]):
             f"IoU per class: DeepLab trained on GT labels ({val})": inp.deeplab_gt_per_class,
             f"image | GT | DeepLab predictions ({val})": out.overlay,
         },
-        benchmarks_dir=params.benchmarks, config=cfg, validation_json=inp.validation,
+        benchmarks_dir=params.benchmarks, logs_dir=params.logs, config=cfg, validation_json=inp.validation,
     )

@@ -1,5 +1,6 @@
 """Rule resegment: CAMs of one shard through the segmenter, round after round."""
 
+from locseg.batching import speed_settings
 from locseg.logs import log_to
 from locseg.reseg import resegment
 from locseg.sources import image_paths
@@ -15,7 +16,9 @@ with log_to(snakemake.log[0]):
         cfg["classes"],
         snakemake.output.store,
         **snakemake.params.reseg,
+        canvas=snakemake.params.canvas,
         device=cfg["device"],
-        config={"reseg": cfg["reseg"], "segmenter": cfg["segmenter"], "split": snakemake.wildcards.split},
-        **{**cfg["inference"], "workers": workers},  # speed only: never changes what is written
+        config={"reseg": cfg["reseg"], "segmenter": cfg["segmenter"], "split": snakemake.wildcards.split,
+                "canvas": snakemake.params.canvas},
+        **{**speed_settings(cfg), "workers": workers},  # speed only: never changes what is written
     )
