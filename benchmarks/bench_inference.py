@@ -56,7 +56,7 @@ from locseg.models.cam import CamNet
 from locseg.models.segmenter import Segmenter
 from locseg.reseg import resegment
 from locseg.checkpoints import load_checkpoint, save_checkpoint
-from locseg.runtime import pick_device
+from locseg.devices import pick_device
 from locseg.store import StoreReader
 
 VOC = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -15,7 +15,8 @@ from locseg.metrics import ConfusionMatrix
 from locseg.overlays import overlay_grid, sample_ids
 from locseg.retrain import load_deeplab, predict
 from locseg.store import ShardedStore
-from locseg.runtime import pick_device, progress
+from locseg.devices import pick_device
+from locseg.runtime import progress
 
 log = logging.getLogger("locseg.evaluate")
 

@@ -28,7 +28,8 @@ from locseg.data.voc import image_size, read_image
 from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
 from locseg.checkpoints import load_checkpoint, save_checkpoint
-from locseg.runtime import pick_device, prepare_model, progress, seed_everything
+from locseg.devices import pick_device
+from locseg.runtime import prepare_model, progress, seed_everything
 from locseg.train import fit
 from locseg.weights import describe_init, warn_if_scratch
 

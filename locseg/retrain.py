@@ -13,7 +13,8 @@ from locseg.data.transforms import AugmentedSet, joint_augment, normalize
 from locseg.data.voc import read_image, read_mask
 from locseg.models.deeplab import build_deeplab
 from locseg.checkpoints import load_checkpoint, save_checkpoint
-from locseg.runtime import autocast, pick_device, prepare_model, seed_everything
+from locseg.devices import pick_device
+from locseg.runtime import autocast, prepare_model, seed_everything
 from locseg.train import fit
 from locseg.weights import describe_init, warn_if_scratch
 

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from locseg.devices import pick_device  # noqa: F401 - the device choice lives there; the stages import it from here
 
 log = logging.getLogger("locseg")
 

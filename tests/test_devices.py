@@ -156,3 +156,13 @@ def test_cuda_without_cuda_fails_before_any_work(stage, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="CUDA is not usable: torch"):
         run()
     assert not out.exists()
+
+
+def test_pick_device_cpu_auto_and_missing_cuda(monkeypatch):
+    assert pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="cuda"):
+        pick_device("cuda")
+    with pytest.raises(RuntimeError, match="cuda"):
+        pick_device("cuda:1")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pytest
 import torch
 
-from locseg.runtime import pick_device, progress, seed_everything, set_threads
+from locseg.runtime import progress, seed_everything, set_threads
 
 
 def test_seed_everything_repeatable():
@@ -26,16 +25,6 @@ def test_seed_everything_repeatable():
 def test_seed_everything_generators_differ_between_seeds():
     orders = {tuple(torch.randperm(20, generator=seed_everything(s)).tolist()) for s in range(3)}
     assert len(orders) == 3
-
-
-def test_pick_device(monkeypatch):
-    assert pick_device("cpu") == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert pick_device("auto") == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="cuda"):
-        pick_device("cuda")
-    with pytest.raises(RuntimeError, match="cuda"):
-        pick_device("cuda:1")
 
 
 def test_progress_writes_lines_when_not_a_tty(capsys):
