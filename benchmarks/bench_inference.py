@@ -124,7 +124,7 @@ def make_checkpoints(root: Path, small: bool) -> tuple[Path, Path]:
 
 
 def load_plain(path: Path, kind: str, dev: torch.device):
-    """The model as an anchor script builds it: fp32, default memory format, eval."""
+    """The model as the reference scripts (IRN, the paper's inference) build it: fp32, default memory format, eval."""
     payload = load_checkpoint(path, kind)
     m = payload["meta"]
     model = CamNet(len(VOC) - 1, m["backbone"], m["output_stride"]) if kind == "cam" else \
