@@ -39,6 +39,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from locseg.data.transforms import MEAN, STD, normalize
+from locseg.data.voc import read_image
+from locseg.runtime import progress
 
 log = logging.getLogger("locseg.batching")
 
@@ -269,3 +271,46 @@ class BackgroundWriter:
             self._cancel = True
             self._stop()
         return False
+
+
+class StageItems(Dataset):
+    """What `run_stage` reads: (image id, decoded uint8 image, cue, classes) in the order of `ids`, read in
+    DataLoader workers. A stage says what its cue is in `cue`."""
+
+    def __init__(self, ids: list[str], image_paths: dict):
+        self.ids, self.image_paths = ids, image_paths
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        image = read_image(self.image_paths[image_id])
+        cue, classes = self.cue(image_id, image)
+        return image_id, torch.from_numpy(image), cue, classes
+
+    def cue(self, image_id: str, image: np.ndarray) -> tuple:
+        """(cue, classes) of one image."""
+        raise NotImplementedError
+
+
+def run_stage(data: Dataset, open_store: Callable, infer: Callable, *, batch_size: int, workers: int, canvas: bool,
+              pin_memory: bool, desc: str, to_write: Callable = lambda result: (result, None)) -> PassCounter:
+    """The loop of a per-image stage. `data` yields (image id, uint8 image, cue, classes) in `size_order`
+    (the cue: what `infer` needs besides the image, e.g. the classes or their CAMs). Runs of one run size go
+    through `infer(images, cues)` (one result per image) `batch_size` at a time; `to_write(result)` gives
+    the (maps, extra) written for the image into the store that `open_store()` opens. Returns the count of
+    images per forward pass (an image without classes needs no pass)."""
+    items = prefetch(data, workers, pin_memory)  # forks before the store file and the writer thread exist
+    bar = progress(total=len(data), desc=desc)
+    passes = PassCounter()
+    with open_store() as store, BackgroundWriter(store, max_pending=max(2, batch_size)) as writer:
+        for bucket in buckets(items, batch_size, key=lambda item: run_size(*item[1].shape[:2], canvas)):
+            results = infer([image for _, image, _, _ in bucket], [cue for _, _, cue, _ in bucket])
+            passes.add(sum(1 for *_, classes in bucket if len(classes)))
+            for (image_id, _, _, classes), result in zip(bucket, results):
+                maps, extra = to_write(result)
+                writer.write(image_id, maps, classes, extra)
+            bar.update(len(bucket))
+    bar.close()
+    return passes

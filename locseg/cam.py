@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from locseg.batching import (
-    BackgroundWriter,
-    Compute,
-    PassCounter,
-    buckets,
-    crop_rows,
-    maybe_compile,
-    prefetch,
-    run_size,
-    size_order,
-    to_input,
-)
-from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment, normalize
+from locseg.batching import Compute, StageItems, crop_rows, maybe_compile, run_stage, size_order, to_input
+from locseg.data.transforms import AugmentedSet, fold_flip, inference_scale, joint_augment, multiscale_views, normalize
 from locseg.data.voc import image_size, read_image
 from locseg.models.cam import CamNet
 from locseg.store import StoreWriter, file_sha256
 from locseg.checkpoints import load_checkpoint, save_checkpoint
 from locseg.devices import pick_device
-from locseg.runtime import prepare_model, progress, seed_everything
+from locseg.runtime import prepare_model, seed_everything
 from locseg.train import fit
 from locseg.weights import describe_init, warn_if_scratch
 
@@ -72,11 +61,8 @@ def train_cam(
     backbone: str = "small",
     weights: str | None = None,
     output_stride: int = 16,
-    crop: int = 96,
-    scale_range=(0.7, 1.3),
-    seed: int = 0,
-    device: str = "auto",
-    meta: dict | None = None,
+    crop: int = 96, scale_range=(0.7, 1.3),  # training crops: side, random rescale range
+    seed: int = 0, device: str = "auto", meta: dict | None = None,  # meta: extra checkpoint metadata
     **fit_options,
 ) -> dict:
     """Multi-label BCE on image-level labels. Returns the training summary also stored in the checkpoint.
@@ -144,11 +130,7 @@ def infer_cams_batch(cams_fn, images, classes: list[list[int]], scales, flip: bo
     idx = [torch.as_tensor([c - 1 for c in classes[i]], device=dev) for i in active]
     total = torch.zeros(sum(ks), *size, device=dev)
     base = inference_scale(*size, max_side)
-    for s in (base * s for s in scales):
-        xs = x if s == 1.0 else F.interpolate(x, size=(max(1, round(size[0] * s)), max(1, round(size[1] * s))),
-                                              mode="bilinear", align_corners=False)
-        if flip:
-            xs = torch.cat([xs, xs.flip(-1)])
+    for xs in multiscale_views(x, size, [base * s for s in scales], flip):
         if compute.channels_last:
             xs = xs.contiguous(memory_format=torch.channels_last)
         with compute.autocast():
@@ -159,27 +141,23 @@ def infer_cams_batch(cams_fn, images, classes: list[list[int]], scales, flip: bo
             views = [[j, b + j] if flip else [j] for j in range(b)]
             cams = torch.cat([raw[v][:, i] for v, i in zip(views, idx)], 1).float()
         cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
-        if flip:
-            cams = cams[:1] + cams[1:].flip(-1)
-        total += cams[0]
+        total += fold_flip(cams, flip)[0]
     out = []
     for maps in crop_rows(total, ks, sizes):  # max-normalise over the image, not the padding
         out.append(maps / (maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1) + 1e-5) if len(maps) else maps)
     return out
 
 
-class _CamImages(Dataset):
-    """(image id, decoded uint8 image, classes) in shard order; decoded in DataLoader workers."""
+class _CamImages(StageItems):
+    """An image's classes are its cue: which CAMs to compute."""
 
-    def __init__(self, ids: list[str], image_paths: dict[str, Path], classes: list[list[int]]):
-        self.ids, self.image_paths, self.classes = ids, image_paths, classes
+    def __init__(self, ids: list[str], image_paths: dict[str, Path], labels: dict[str, list[int]]):
+        super().__init__(ids, image_paths)
+        self.labels = labels
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int):
-        image_id = self.ids[index]
-        return image_id, torch.from_numpy(read_image(self.image_paths[image_id])), self.classes[index]
+    def cue(self, image_id: str, image: np.ndarray) -> tuple:
+        classes = list(self.labels[image_id])
+        return classes, classes
 
 
 def extract_cams(
@@ -195,12 +173,9 @@ def extract_cams(
     device: str = "auto",
     config: dict | None = None,
     max_side: int | None = None,
-    batch_size: int = 1,
-    workers: int = 0,
-    compile: bool = False,
     canvas: bool = False,
-    bf16: bool | None = None,
-    channels_last: bool | None = None,
+    batch_size: int = 1, workers: int = 0, compile: bool = False,  # speed only (config `inference`)
+    bf16: bool | None = None, channels_last: bool | None = None,  # None: on for CUDA
 ) -> dict:
     """One store file with the CAMs of `ids` (one shard), only for each image's present classes, written in
     `size_order`. `max_side` caps the longer side (of the canvas with `canvas`) the scales apply to (maps
@@ -222,21 +197,13 @@ def extract_cams(
              batch_size, workers)
     cams_fn = maybe_compile(model.cams, dev, compile)
     ids = [ids[j] for j in size_order([image_size(image_paths[i]) for i in ids], canvas)]
-    data = _CamImages(ids, image_paths, [list(labels[i]) for i in ids])
-    items = prefetch(data, workers, pin_memory=dev.type == "cuda")  # forks before the writer thread exists
-    bar = progress(total=len(ids), desc=f"extract_cams {Path(out_path).name}")
-    passes = PassCounter()
-    with StoreWriter(out_path, "cam", class_names, scales=list(scales), model_sha256=file_sha256(checkpoint),
-                     config=config, expected=len(ids)) as store, \
-            BackgroundWriter(store, max_pending=max(2, batch_size)) as writer:
-        for bucket in buckets(items, batch_size, key=lambda item: run_size(*item[1].shape[:2], canvas)):
-            maps = infer_cams_batch(cams_fn, [im for _, im, _ in bucket], [c for _, _, c in bucket],
-                                    scales, flip, compute, max_side)
-            passes.add(sum(1 for _, _, c in bucket if c))
-            for (image_id, _, classes), m in zip(bucket, maps):
-                writer.write(image_id, m, classes)
-            bar.update(len(bucket))
-    bar.close()
+    data = _CamImages(ids, image_paths, labels)
+    store = partial(StoreWriter, out_path, "cam", class_names, scales=list(scales),
+                    model_sha256=file_sha256(checkpoint), config=config, expected=len(ids))
+    passes = run_stage(data, store, partial(infer_cams_batch, cams_fn, scales=scales, flip=flip, compute=compute,
+                                            max_side=max_side),
+                       batch_size=batch_size, workers=workers, canvas=canvas, pin_memory=dev.type == "cuda",
+                       desc=f"extract_cams {Path(out_path).name}")
     log.info("wrote %d images to %s; %.2f images per forward pass (%d passes, batch_size %d)", len(ids), out_path,
              passes.mean, passes.passes, batch_size)
     return passes.summary()

@@ -9,27 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from locseg.batching import (
-    BackgroundWriter,
-    Compute,
-    PassCounter,
-    buckets,
-    crop_rows,
-    maybe_compile,
-    prefetch,
-    run_size,
-    size_order,
-    to_input,
-)
+from locseg.batching import Compute, StageItems, crop_rows, maybe_compile, run_stage, size_order, to_input
 from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment, normalize
 from locseg.data.voc import image_size, read_image
 from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
 from locseg.checkpoints import load_checkpoint, save_checkpoint
 from locseg.devices import pick_device
-from locseg.runtime import prepare_model, progress, seed_everything
+from locseg.runtime import prepare_model, seed_everything
 from locseg.train import fit
 from locseg.weights import describe_init, warn_if_scratch
 
@@ -161,13 +149,10 @@ def train_segmenter(
     weights: str | None = None,
     output_stride: int = 16,
     width: int = 64,
-    crop: int = 96,
-    scale_range=(0.7, 1.3),
+    crop: int = 96, scale_range=(0.7, 1.3),  # training crops: side, random rescale range
     second_cues=("perturbed_mask",),
     consistency: float = 1.0,
-    seed: int = 0,
-    device: str = "auto",
-    meta: dict | None = None,
+    seed: int = 0, device: str = "auto", meta: dict | None = None,  # meta: extra checkpoint metadata
     **fit_options,
 ) -> dict:
     """`cam_store_paths` None trains on degraded-GT cues instead of CAMs. `second_cues` (a subset of
@@ -256,25 +241,20 @@ def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, compute:
     return crop_rows(torch.stack(out[-kept:]), ks, sizes)
 
 
-class _ResegItems(Dataset):
-    """(image id, decoded uint8 image, CAMs, classes) in the order of `ids`; read in DataLoader workers."""
+class _ResegItems(StageItems):
+    """An image's CAMs are its cue, checked against the image's size."""
 
     def __init__(self, cams: ShardedStore, image_paths: dict[str, Path], ids: list[str]):
-        self.cams, self.image_paths, self.ids = cams, image_paths, ids
+        super().__init__(ids, image_paths)
+        self.cams = cams
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int):
-        image_id = self.ids[index]
-        path = self.image_paths[image_id]
-        image = read_image(path)
+    def cue(self, image_id: str, image: np.ndarray) -> tuple:
         maps, classes = self.cams.read(image_id)
         if maps.shape[1:] != image.shape[:2]:
-            raise ValueError(f"{path}: image {image_id!r} is {image.shape[0]}x{image.shape[1]}, but its CAMs in "
-                             f"{', '.join(str(r.path) for r in self.cams.readers)} are "
+            raise ValueError(f"{self.image_paths[image_id]}: image {image_id!r} is {image.shape[0]}x{image.shape[1]}, "
+                             f"but its CAMs in {', '.join(str(r.path) for r in self.cams.readers)} are "
                              f"{maps.shape[1]}x{maps.shape[2]}")
-        return image_id, torch.from_numpy(image), maps, classes
+        return maps, classes
 
 
 def resegment(
@@ -289,12 +269,9 @@ def resegment(
     max_side: int | None = None,
     device: str = "auto",
     config: dict | None = None,
-    batch_size: int = 1,
-    workers: int = 0,
-    compile: bool = False,
     canvas: bool = False,
-    bf16: bool | None = None,
-    channels_last: bool | None = None,
+    batch_size: int = 1, workers: int = 0, compile: bool = False,  # speed only (config `inference`)
+    bf16: bool | None = None, channels_last: bool | None = None,  # None: on for CUDA
 ) -> dict:
     """One prob store per CAM shard: `maps` = the last round; `rounds` [R,k,H,W] when keep_rounds. Images
     run in `size_order`. Returns (and logs) the images per forward pass.
@@ -314,26 +291,19 @@ def resegment(
              batch_size, workers)
     run = maybe_compile(model, dev, compile)
     keep = keep_rounds and rounds > 1
-    passes = PassCounter()
     with ShardedStore([cam_store_path], kind="cam", class_names=class_names) as cams:
         missing = [i for i in cams.ids if i not in image_paths]
         if missing:
             raise KeyError(f"{cam_store_path}: {len(missing)} image id(s) with no image path, e.g. {missing[:3]}")
         ids = [cams.ids[j] for j in size_order([image_size(image_paths[i]) for i in cams.ids], canvas)]
-        items = prefetch(_ResegItems(cams, image_paths, ids), workers, pin_memory=dev.type == "cuda")
-        bar = progress(total=len(ids), desc=f"resegment {Path(out_path).name}")
-        with StoreWriter(out_path, "prob", class_names, scales=cams.attrs["scales"],
-                         model_sha256=file_sha256(checkpoint), config=config, expected=len(cams.ids),
-                         rounds=rounds) as out, \
-                BackgroundWriter(out, max_pending=max(2, batch_size)) as writer:
-            for bucket in buckets(items, batch_size, key=lambda item: run_size(*item[1].shape[:2], canvas)):
-                probs = resegment_batch(run, [im for _, im, _, _ in bucket], [m for _, _, m, _ in bucket],
-                                        rounds, compute, keep_rounds=keep, max_side=max_side)
-                passes.add(sum(1 for _, _, m, _ in bucket if len(m)))
-                for (image_id, _, _, classes), p in zip(bucket, probs):
-                    writer.write(image_id, p[-1], classes, extra={"rounds": p} if keep else None)
-                bar.update(len(bucket))
-        bar.close()
+        store = partial(StoreWriter, out_path, "prob", class_names, scales=cams.attrs["scales"],
+                        model_sha256=file_sha256(checkpoint), config=config, expected=len(ids), rounds=rounds)
+        passes = run_stage(_ResegItems(cams, image_paths, ids), store,
+                           partial(resegment_batch, run, rounds=rounds, compute=compute, keep_rounds=keep,
+                                   max_side=max_side),
+                           batch_size=batch_size, workers=workers, canvas=canvas, pin_memory=dev.type == "cuda",
+                           desc=f"resegment {Path(out_path).name}",
+                           to_write=lambda p: (p[-1], {"rounds": p} if keep else None))
     log.info("resegment %s: %.2f images per forward pass (%d passes, batch_size %d)", Path(out_path).name,
              passes.mean, passes.passes, batch_size)
     return passes.summary()

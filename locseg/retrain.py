@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from locseg.data.transforms import AugmentedSet, joint_augment, normalize
+from locseg.data.transforms import AugmentedSet, fold_flip, joint_augment, multiscale_views, normalize
 from locseg.data.voc import read_image, read_mask
 from locseg.models.deeplab import build_deeplab
 from locseg.checkpoints import load_checkpoint, save_checkpoint
@@ -55,11 +55,8 @@ def train_deeplab(
     *,
     backbone: str = "small",
     weights: str | None = None,
-    crop: int = 96,
-    scale_range=(0.7, 1.3),
-    seed: int = 0,
-    device: str = "auto",
-    meta: dict | None = None,
+    crop: int = 96, scale_range=(0.7, 1.3),  # training crops: side, random rescale range
+    seed: int = 0, device: str = "auto", meta: dict | None = None,  # meta: extra checkpoint metadata
     **fit_options,
 ) -> dict:
     """Cross-entropy with 255 ignored and a poly LR schedule (deeplab-pytorch's recipe); `fit_options` go to
@@ -93,15 +90,9 @@ def predict(model, image: np.ndarray, device: torch.device, scales=(1.0,), flip:
     h, w = image.shape[:2]
     x = normalize(image).unsqueeze(0).to(device)
     prob = torch.zeros(1, 1, h, w, device=device)
-    for s in scales:
-        xs = x if s == 1.0 else F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
-                                              mode="bilinear", align_corners=False)
-        if flip:
-            xs = torch.cat([xs, xs.flip(-1)])
+    for xs in multiscale_views(x, (h, w), scales, flip):
         with autocast(device):
             logits = model(xs)["out"].float()
-        p = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)
-        if flip:
-            p = p[:1] + p[1:].flip(-1)
-        prob = prob + p
+        prob = prob + fold_flip(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1),
+                                flip)
     return prob[0].argmax(0).to(torch.uint8).cpu().numpy()

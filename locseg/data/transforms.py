@@ -23,6 +23,24 @@ def inference_scale(h: int, w: int, max_side: int | None) -> float:
     return min(1.0, max_side / max(h, w)) if max_side else 1.0
 
 
+def multiscale_views(x: torch.Tensor, size: tuple[int, int], scales, flip: bool):
+    """Test-time augmentation, shared by CAM extraction and DeepLab evaluation: yields the batch `x`
+    ([B, 3, h, w] at `size`) resized by each scale and, with `flip`, followed by its mirror ([2B, ...])."""
+    for s in scales:
+        xs = x if s == 1.0 else F.interpolate(x, size=(max(1, round(size[0] * s)), max(1, round(size[1] * s))),
+                                              mode="bilinear", align_corners=False)
+        yield torch.cat([xs, xs.flip(-1)]) if flip else xs
+
+
+def fold_flip(maps: torch.Tensor, flip: bool) -> torch.Tensor:
+    """Adds the mirrored views' maps (the second half of dim 0, from `multiscale_views`) back onto their
+    images' maps; maps must already be at a common size."""
+    if not flip:
+        return maps
+    half = len(maps) // 2
+    return maps[:half] + maps[half:].flip(-1)
+
+
 def joint_augment(
     rng: np.random.Generator,
     layers: list[tuple[torch.Tensor, str, float]],

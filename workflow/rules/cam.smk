@@ -10,6 +10,7 @@ rule train_cam:
     output:
         model=f"{RESULTS}/models/cam.pt",
     params:
+        classes=config["classes"],
         train=pick("cam", "backbone", "weights", "output_stride", "crop", "scale_range", "batch_size",
                    "epochs", "optimizer", "lr", "weight_decay"),
         split=SPLITS["cam"],
@@ -39,6 +40,7 @@ rule extract_cams:
     output:
         store=f"{RESULTS}/cams/{{split}}/{{shard}}.h5",
     params:
+        classes=config["classes"],
         infer=pick("cam", "scales", "flip", "max_side"),
         canvas=config["inference"]["canvas"],  # changes the maps; the rest of `inference` is speed only
         imported=lambda wc: imports_cams(wc.split),

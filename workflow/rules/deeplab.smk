@@ -10,6 +10,7 @@ rule train_deeplab:
     output:
         model=f"{RESULTS}/models/deeplab_{{labels}}.pt",
     params:
+        classes=config["classes"],
         train=pick("deeplab", "backbone", "weights", "crop", "scale_range", "batch_size", "epochs",
                    "optimizer", "lr", "weight_decay"),
         split=SPLITS["pseudo"],

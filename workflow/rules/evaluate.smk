@@ -12,6 +12,7 @@ rule eval_cams:
         curve=report(f"{RESULTS}/eval/cams_{{split}}_threshold.png", caption="../report/cams_threshold.rst",
                      category="CAM baseline", labels={"split": "{split}", "figure": "mIoU vs threshold"}),
     params:
+        classes=config["classes"],
         thresholds=config["cam"]["thresholds"],
         data=lambda wc: data_version(wc.split, "masks"),
         code=code_version("eval_cams"),
@@ -39,6 +40,7 @@ rule evaluate_masks:
         overlay=report(f"{RESULTS}/eval/masks_{{split}}_overlay.png", caption="../report/masks_overlay.rst",
                        category="Pseudo masks", labels={"split": "{split}", "figure": "overlays"}),
     params:
+        classes=config["classes"],
         assemble=pick("reseg", "bg_score", "band"),
         overlay_images=config["report"]["overlay_images"],
         data=lambda wc: data_version(wc.split, "images", "masks"),
@@ -65,6 +67,7 @@ rule evaluate_deeplab:
                          labels={"split": "{split}", "trained on": "{labels}", "figure": "IoU per class"}),
         predictions=directory(f"{RESULTS}/predictions/deeplab_{{labels}}/{{split}}"),
     params:
+        classes=config["classes"],
         infer=pick("deeplab", "eval_scales", "eval_flip"),
         data=lambda wc: data_version(wc.split, "images", "masks"),
         code=code_version("evaluate_deeplab"),

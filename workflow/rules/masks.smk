@@ -8,6 +8,7 @@ rule export_masks:
     output:
         masks=directory(f"{RESULTS}/masks/{{split}}"),
     params:
+        classes=config["classes"],
         assemble=pick("reseg", "bg_score", "band"),
         code=code_version("export_masks"),
     log:

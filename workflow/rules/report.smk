@@ -26,6 +26,7 @@ rule report:
                        category="DeepLab", labels={"split": SPLITS["val"], "trained on": "pseudo and gt",
                                                    "figure": "overlays"}),
     params:
+        classes=config["classes"],
         # The report prints the whole config, so any config change makes it stale (a cheap rule).
         config=config,
         benchmarks=f"{RESULTS}/benchmarks",

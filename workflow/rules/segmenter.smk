@@ -11,6 +11,7 @@ rule train_segmenter:
     output:
         model=f"{RESULTS}/models/segmenter.pt",
     params:
+        classes=config["classes"],
         train=pick("segmenter", "backbone", "weights", "output_stride", "width", "cue", "second_cues",
                    "consistency", "crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay"),
         category_map=config["coco"]["category_map"],
@@ -41,6 +42,7 @@ rule resegment:
     output:
         store=f"{RESULTS}/reseg/{{split}}/{{shard}}.h5",
     params:
+        classes=config["classes"],
         reseg=pick("reseg", "rounds", "keep_rounds", "max_side"),
         canvas=config["inference"]["canvas"],  # changes the maps; the rest of `inference` is speed only
         data=lambda wc: data_version(wc.split, "images"),

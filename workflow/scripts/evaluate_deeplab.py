@@ -10,7 +10,7 @@ with log_to(snakemake.log[0]):
     cfg, split = snakemake.config, snakemake.wildcards.split
     evaluate_deeplab(
         snakemake.input.model, image_paths(cfg, split, snakemake.input.split), gt_paths(cfg, snakemake.input.split),
-        cfg["classes"], split,
+        snakemake.params.classes, split,
         snakemake.output.json, snakemake.output.per_class, snakemake.output.predictions,
         scales=snakemake.params.infer["eval_scales"], flip=snakemake.params.infer["eval_flip"],
         device=cfg["device"],

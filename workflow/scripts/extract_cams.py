@@ -18,7 +18,7 @@ with log_to(snakemake.log[0]):
     ids = shard_ids(list(paths), int(snakemake.wildcards.shard), snakemake.params.shards)
     config = {"cam": cfg["cam"], "seed": cfg["seed"], "split": split}
     if imported:
-        import_npy(cfg["cam"]["import_dir"], ids, snakemake.output.store, cfg["classes"],
+        import_npy(cfg["cam"]["import_dir"], ids, snakemake.output.store, snakemake.params.classes,
                    allow_pickle=cfg["cam"]["allow_pickle"], config=config)
     else:
         extract_cams(
@@ -26,7 +26,7 @@ with log_to(snakemake.log[0]):
             paths,
             labels,
             ids,
-            cfg["classes"],
+            snakemake.params.classes,
             snakemake.output.store,
             **snakemake.params.infer,
             canvas=snakemake.params.canvas,

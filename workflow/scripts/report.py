@@ -10,7 +10,7 @@ with log_to(snakemake.log[0]):
     cfg, inp, out, params = snakemake.config, snakemake.input, snakemake.output, snakemake.params
     pe, val = params.pseudo_eval, params.val
     ids = sample_ids(read_split(inp.split), params.overlay_images)
-    overlay_grid(out.overlay, ids, image_paths(cfg, val, inp.split), gt_paths(cfg, inp.split), cfg["classes"],
+    overlay_grid(out.overlay, ids, image_paths(cfg, val, inp.split), gt_paths(cfg, inp.split), snakemake.params.classes,
                  cam_stores=list(inp.get("grid_cams", [])), mask_dir=inp.get("grid_masks"),
                  pred_dirs={"pseudo": inp.pred_pseudo, "gt": inp.pred_gt})
     write_report(

@@ -13,7 +13,7 @@ with log_to(snakemake.log[0]):
         snakemake.input.model,
         snakemake.input.cams,
         image_paths(cfg, snakemake.wildcards.split, snakemake.input.split),
-        cfg["classes"],
+        snakemake.params.classes,
         snakemake.output.store,
         **snakemake.params.reseg,
         canvas=snakemake.params.canvas,

@@ -12,20 +12,17 @@ with log_to(snakemake.log[0]):
     cfg, split, params = snakemake.config, snakemake.params.split, snakemake.params.train
     meta = {"split": split, "config_hash": config_hash(params)}
     if snakemake.params.source == "weights":
-        cam_from_weights(cfg["classes"], snakemake.output.model, backbone=params["backbone"],
+        cam_from_weights(snakemake.params.classes, snakemake.output.model, backbone=params["backbone"],
                          weights=params["weights"], output_stride=params["output_stride"], meta=meta)
     else:
         state = TrainState(snakemake.params.resume, dict(snakemake.params.items()), snakemake.input)
         train_cam(
             *images_and_labels(cfg, split, snakemake.input.split, snakemake.input.labels),
-            cfg["classes"],
+            snakemake.params.classes,
             snakemake.output.model,
             **params,
-            seed=snakemake.params.seed,
-            device=cfg["device"],
-            num_workers=workers,
+            seed=snakemake.params.seed, device=cfg["device"], num_workers=workers, resume=state,
             tensorboard_dir=snakemake.params.tensorboard,
             meta=meta,
-            resume=state,
         )
         state.remove()  # the checkpoint is written

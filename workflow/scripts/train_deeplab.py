@@ -19,13 +19,10 @@ with log_to(snakemake.log[0]):
         masks = gt_paths(cfg, snakemake.input.split)
     state = TrainState(snakemake.params.resume, dict(snakemake.params.items()), snakemake.input)
     train_deeplab(
-        images, masks, cfg["classes"], snakemake.output.model,
+        images, masks, snakemake.params.classes, snakemake.output.model,
         **snakemake.params.train,
-        seed=snakemake.params.seed,
-        device=cfg["device"],
-        num_workers=workers,
+        seed=snakemake.params.seed, device=cfg["device"], num_workers=workers, resume=state,
         tensorboard_dir=snakemake.params.tensorboard,
-        resume=state,
         meta={"labels": labels, "split": split, "config_hash": config_hash(snakemake.params.train)},
     )
     state.remove()  # the checkpoint is written

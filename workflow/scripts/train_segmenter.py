@@ -16,14 +16,11 @@ with log_to(snakemake.log[0]):
     train_segmenter(
         coco_split(cfg, snakemake.input.split),
         list(snakemake.input.cams) or None,
-        cfg["classes"],
+        snakemake.params.classes,
         snakemake.output.model,
         **params,
-        seed=snakemake.params.seed,
-        device=cfg["device"],
-        num_workers=workers,
+        seed=snakemake.params.seed, device=cfg["device"], num_workers=workers, resume=state,
         tensorboard_dir=snakemake.params.tensorboard,
-        resume=state,
         meta={"config_hash": config_hash(snakemake.params.train)},
     )
     state.remove()  # the checkpoint is written
