@@ -237,6 +237,7 @@ def timed(fn, dev) -> dict:
         torch.cuda.synchronize()
     out = {"seconds": time.perf_counter() - t}
     if isinstance(result, dict):  # a locseg stage's forward-pass summary
+        out["images_per_batch"] = result["images_per_batch"]
         out["images_per_pass"] = result["images_per_pass"]
     if dev.type == "cuda":
         out["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
@@ -248,7 +249,7 @@ def summarise(runs: list[dict], n: int) -> dict:
     best = min(r["seconds"] for r in runs)
     out = {"images": n, "seconds": round(best, 3), "images_per_s": round(n / best, 3),
            "all_seconds": [round(r["seconds"], 3) for r in runs]}
-    for key in ("gpu_peak_mb", "images_per_pass"):
+    for key in ("gpu_peak_mb", "images_per_batch", "images_per_pass"):
         if key in runs[0]:
             out[key] = max(r[key] for r in runs)
     return out
@@ -317,6 +318,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per path; the best is reported")
     ap.add_argument("--no-rss", action="store_true", help="skip the N vs 4N peak-RSS subprocess runs")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 arm (emulated, slow on CPU)")
     ap.add_argument("--rss-only", action="store_true", help="only the N vs 4N peak-RSS subprocess runs")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data directory")
@@ -379,7 +381,7 @@ def timings(args, dev, work, paths, labels, sub, cam_ckpt, seg_ckpt, base) -> di
     """Every arm on the same images, interleaved `--repeat` times (slow drift in machine load hits all
     arms alike); the best run of each, its images per forward pass, and the store / .npy bytes."""
     n, scales = len(sub), args.scales
-    arms = {key: {**base, **opts} for key, (_, opts) in ARMS.items()}
+    arms = {key: {**base, **opts} for key, (_, opts) in ARMS.items() if not (args.no_bf16 and key == "bf16")}
     # warm-up (lazy kernel / allocator set-up) on 2 images, untimed, for each path
     warm = sub[:2]
     naive_cams(cam_ckpt, paths, labels, warm, work / "warm_npy", scales, args.workers, dev)
@@ -405,14 +407,13 @@ def timings(args, dev, work, paths, labels, sub, cam_ckpt, seg_ckpt, base) -> di
         "cam_store": (work / "cams_fp32.h5").stat().st_size, "cam_npy_float32": dir_bytes(work / "npy_cams"),
         "reseg_store": (work / "reseg_fp32.h5").stat().st_size, "reseg_npy_float32": dir_bytes(work / "npy_reseg"),
     }
-    out["mix_diff"] = {  # on the size mix: padding changes maps near the right/bottom border
-        "cam_fp32_vs_naive": diff(work / "cams_fp32.h5", work / "npy_cams"),
-        "cam_bf16_vs_fp32": diff(work / "cams_bf16.h5", work / "cams_fp32.h5"),
-        "cam_fp32_b16_vs_b1": diff(work / "cams_fp32.h5", work / "cams_fp32_b1.h5"),
-        "reseg_fp32_vs_naive": diff(work / "reseg_fp32.h5", work / "npy_reseg"),
-        "reseg_bf16_vs_fp32": diff(work / "reseg_bf16.h5", work / "reseg_fp32.h5"),
-        "reseg_fp32_b16_vs_b1": diff(work / "reseg_fp32.h5", work / "reseg_fp32_b1.h5"),
+    pairs = {  # on the size mix: padding changes maps near the right/bottom border
+        "cam_fp32_vs_naive": ("cams_fp32.h5", "npy_cams"), "cam_bf16_vs_fp32": ("cams_bf16.h5", "cams_fp32.h5"),
+        "cam_fp32_b16_vs_b1": ("cams_fp32.h5", "cams_fp32_b1.h5"),
+        "reseg_fp32_vs_naive": ("reseg_fp32.h5", "npy_reseg"), "reseg_bf16_vs_fp32": ("reseg_bf16.h5", "reseg_fp32.h5"),
+        "reseg_fp32_b16_vs_b1": ("reseg_fp32.h5", "reseg_fp32_b1.h5"),
     }
+    out["mix_diff"] = {k: diff(work / a, work / b) for k, (a, b) in pairs.items() if (work / a).exists()}
     return out
 
 
@@ -452,18 +453,21 @@ def report(r: dict) -> None:
 
 
 def report_timing(r: dict) -> None:
-    print("| stage | arm | images/s | seconds | images per forward pass | speedup |")
+    print("| stage | arm | images/s | seconds | images per batch / per forward pass | speedup |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     naive = {"cam": "naive: IRN make_cam (batch 1, flip in one batch of 2, fp32)",
              "reseg": "naive: paper's loop (batch 1, one class at a time, fp32)"}
     gpu = lambda x: f" (GPU peak {x['gpu_peak_mb']} MB)" if "gpu_peak_mb" in x else ""
     for stage, key in (("extract_cams", "cam"), ("resegment", "reseg")):
         a = r[f"{key}_naive"]
-        print(f"| {stage} | {naive[key]}{gpu(a)} | {a['images_per_s']:.2f} | {a['seconds']:.1f} | 1 | 1.00 |")
+        print(f"| {stage} | {naive[key]}{gpu(a)} | {a['images_per_s']:.2f} | {a['seconds']:.1f} | 1 / 1 | 1.00 |")
         for arm, (label, _) in ARMS.items():
+            if f"{key}_{arm}" not in r:
+                continue
             b = r[f"{key}_{arm}"]
             print(f"| {stage} | {label}{gpu(b)} | {b['images_per_s']:.2f} | {b['seconds']:.1f} | "
-                  f"{b['images_per_pass']:.1f} | {b['images_per_s'] / a['images_per_s']:.2f} |")
+                  f"{b['images_per_batch']:.1f} / {b['images_per_pass']:.1f} | "
+                  f"{b['images_per_s'] / a['images_per_s']:.2f} |")
     by = r["bytes"]
     print(f"\nstore bytes: CAMs {by['cam_store'] / 2**20:.2f} MB vs float32 .npy {by['cam_npy_float32'] / 2**20:.2f} MB "
           f"({by['cam_store'] / by['cam_npy_float32']:.3f}); probabilities {by['reseg_store'] / 2**20:.2f} MB vs "

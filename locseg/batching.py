@@ -15,6 +15,9 @@ forward pass are consecutive. What they share is set by config `inference.canvas
   500x375, 500x333 and their neighbours all share the 384x512 canvas. The padding changes the maps
   (mostly near the right and bottom border), so it is a result-changing choice, not a speed setting.
 
+A batch (up to `inference.batch_size` images of one run size) is one forward pass on CUDA; on CPU it runs as
+passes of at most CPU_PASS_PIXELS pixels, which is faster there (see that constant).
+
 Memory stays flat whatever the shard size: at most `workers * PREFETCH` decoded items wait ahead of the
 model, one bucket (<= batch_size images) is on the model, and at most `max_pending` images' maps wait
 for the writer thread.
@@ -32,6 +35,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Self
 
 import numpy as np
@@ -78,24 +82,41 @@ def size_order(sizes: Sequence[tuple[int, int]], pad: bool) -> list[int]:
     return sorted(range(len(sizes)), key=lambda i: (run_size(*sizes[i], pad), i))
 
 
+# On CPU a forward pass over many large images is slower per image than one image at a time: the
+# activations outgrow the caches and the convolutions turn memory-bound. Measured with the small models,
+# 2 threads, 4 scales + flip (images/s at 1 / 4 / 16 images per pass): 375x500 CAMs 3.9 / 2.7 / 2.2,
+# 240x320 11.4 / 8.4 / 6.1, but 120x128 37 / 41 / 47. So on CPU a batch runs as model calls of at most this
+# many run-size pixels (at least one image); on CUDA a batch is one call.
+CPU_PASS_PIXELS = 64 * 1024
+
+
 @dataclass(frozen=True)
 class Compute:
     """How a stage runs its model. On CUDA: bf16 autocast, and the accelerated input path (uint8 pixels
     moved and normalised on the device, channels_last). On CPU both are off by default (exact fp32), and
     tests turn them on to run the code path a GPU takes. `canvas`: pad images to their canvas (see the
-    module docstring); off, every image runs at its own size."""
+    module docstring); off, every image runs at its own size. `pass_pixels`: the most run-size pixels of
+    one model call (None: a batch is one call), see CPU_PASS_PIXELS."""
 
     device: torch.device
     bf16: bool = False
     channels_last: bool = False
     canvas: bool = False
+    pass_pixels: int | None = None
 
     @classmethod
     def on(cls, device: torch.device, bf16: bool | None = None, channels_last: bool | None = None,
            canvas: bool = False) -> Compute:
-        """None follows the device: on for CUDA, off elsewhere."""
+        """None follows the device: on for CUDA, off elsewhere. CPU calls hold at most CPU_PASS_PIXELS."""
         cuda = device.type == "cuda"
-        return cls(device, cuda if bf16 is None else bf16, cuda if channels_last is None else channels_last, canvas)
+        return cls(device, cuda if bf16 is None else bf16, cuda if channels_last is None else channels_last, canvas,
+                   None if cuda else CPU_PASS_PIXELS)
+
+    def calls(self, batch: list, size: tuple[int, int]) -> Iterator[list]:
+        """A batch of images of run size `size` in the model calls it runs as (one unless `pass_pixels`)."""
+        n = len(batch) if self.pass_pixels is None else max(1, self.pass_pixels // (size[0] * size[1]))
+        for start in range(0, len(batch), n):
+            yield batch[start:start + n]
 
     def shared_size(self, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
         """The one size a batch of images of `sizes` runs at; they must share it (see `size_order`)."""
@@ -179,22 +200,33 @@ def crop_rows(maps: torch.Tensor, ks: Sequence[int], sizes: Sequence[tuple[int, 
 
 
 class PassCounter:
-    """Images per forward pass of one job (logged: a batch that does not fill costs GPU time)."""
+    """Images per batch and per forward pass of one job (logged: a batch that does not fill costs GPU time).
+    Only images with a class count: the others need no pass."""
 
     def __init__(self):
-        self.images = self.passes = 0
+        self.images = self.batches = self.passes = 0
 
-    def add(self, n_images: int) -> None:
-        if n_images:
-            self.images += n_images
-            self.passes += 1
+    def add(self, calls: list[int]) -> None:
+        """One batch, as the images of each of its model calls."""
+        calls = [n for n in calls if n]
+        if calls:
+            self.images += sum(calls)
+            self.batches += 1
+            self.passes += len(calls)
 
     @property
     def mean(self) -> float:
         return self.images / self.passes if self.passes else 0.0
 
     def summary(self) -> dict:
-        return {"images": self.images, "forward_passes": self.passes, "images_per_pass": round(self.mean, 2)}
+        per_batch = self.images / self.batches if self.batches else 0.0
+        return {"images": self.images, "batches": self.batches, "images_per_batch": round(per_batch, 2),
+                "forward_passes": self.passes, "images_per_pass": round(self.mean, 2)}
+
+    def describe(self) -> str:
+        s = self.summary()
+        return (f"{s['images_per_batch']:.2f} images per batch, {s['images_per_pass']:.2f} per forward pass "
+                f"({s['batches']} batches, {s['forward_passes']} passes)")
 
 
 def maybe_compile(fn: Callable, device: torch.device, enabled: bool) -> Callable:
@@ -294,23 +326,31 @@ class StageItems(Dataset):
         raise NotImplementedError
 
 
-def run_stage(data: Dataset, open_store: Callable, infer: Callable, *, batch_size: int, workers: int, canvas: bool,
-              pin_memory: bool, desc: str, to_write: Callable = lambda result: (result, None)) -> PassCounter:
+def run_stage(data: Dataset, open_store: Callable, infer: Callable, compute: Compute, *, batch_size: int,
+              workers: int, desc: str, to_write: Callable = lambda result: (result, None)) -> PassCounter:
     """The loop of a per-image stage. `data` yields (image id, uint8 image, cue, classes) in `size_order`
-    (the cue: what `infer` needs besides the image, e.g. the classes or their CAMs). Runs of one run size go
-    through `infer(images, cues)` (one result per image) `batch_size` at a time; `to_write(result)` gives
-    the (maps, extra) written for the image into the store that `open_store()` opens. Returns the count of
-    images per forward pass (an image without classes needs no pass)."""
-    items = prefetch(data, workers, pin_memory)  # forks before the store file and the writer thread exist
+    (the cue: what `infer` needs besides the image, e.g. the classes or their CAMs). Runs of one run size
+    form batches of up to `batch_size`, each run through `infer(images, cues)` (one result per image) in the
+    model calls `compute.calls` splits it into; `to_write(result)` gives the (maps, extra) written for the
+    image into the store that `open_store()` opens. Returns the images per batch and per forward pass."""
+    key = partial(_item_run_size, canvas=compute.canvas)
+    # forks before the store file and the writer thread exist
+    items = prefetch(data, workers, pin_memory=compute.device.type == "cuda")
     bar = progress(total=len(data), desc=desc)
     passes = PassCounter()
     with open_store() as store, BackgroundWriter(store, max_pending=max(2, batch_size)) as writer:
-        for bucket in buckets(items, batch_size, key=lambda item: run_size(*item[1].shape[:2], canvas)):
-            results = infer([image for _, image, _, _ in bucket], [cue for _, _, cue, _ in bucket])
-            passes.add(sum(1 for *_, classes in bucket if len(classes)))
-            for (image_id, _, _, classes), result in zip(bucket, results):
-                maps, extra = to_write(result)
-                writer.write(image_id, maps, classes, extra)
-            bar.update(len(bucket))
+        for batch in buckets(items, batch_size, key=key):
+            calls = list(compute.calls(batch, key(batch[0])))
+            passes.add([sum(1 for *_, classes in call if len(classes)) for call in calls])
+            for call in calls:
+                results = infer([image for _, image, _, _ in call], [cue for _, _, cue, _ in call])
+                for (image_id, _, _, classes), result in zip(call, results):
+                    maps, extra = to_write(result)
+                    writer.write(image_id, maps, classes, extra)
+            bar.update(len(batch))
     bar.close()
     return passes
+
+
+def _item_run_size(item, canvas: bool) -> tuple[int, int]:
+    return run_size(*item[1].shape[:2], canvas)

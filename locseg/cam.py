@@ -202,8 +202,6 @@ def extract_cams(
                     model_sha256=file_sha256(checkpoint), config=config, expected=len(ids))
     passes = run_stage(data, store, partial(infer_cams_batch, cams_fn, scales=scales, flip=flip, compute=compute,
                                             max_side=max_side),
-                       batch_size=batch_size, workers=workers, canvas=canvas, pin_memory=dev.type == "cuda",
-                       desc=f"extract_cams {Path(out_path).name}")
-    log.info("wrote %d images to %s; %.2f images per forward pass (%d passes, batch_size %d)", len(ids), out_path,
-             passes.mean, passes.passes, batch_size)
+                       compute, batch_size=batch_size, workers=workers, desc=f"extract_cams {Path(out_path).name}")
+    log.info("wrote %d images to %s; %s, batch_size %d", len(ids), out_path, passes.describe(), batch_size)
     return passes.summary()

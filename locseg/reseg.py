@@ -301,9 +301,7 @@ def resegment(
         passes = run_stage(_ResegItems(cams, image_paths, ids), store,
                            partial(resegment_batch, run, rounds=rounds, compute=compute, keep_rounds=keep,
                                    max_side=max_side),
-                           batch_size=batch_size, workers=workers, canvas=canvas, pin_memory=dev.type == "cuda",
-                           desc=f"resegment {Path(out_path).name}",
+                           compute, batch_size=batch_size, workers=workers, desc=f"resegment {Path(out_path).name}",
                            to_write=lambda p: (p[-1], {"rounds": p} if keep else None))
-    log.info("resegment %s: %.2f images per forward pass (%d passes, batch_size %d)", Path(out_path).name,
-             passes.mean, passes.passes, batch_size)
+    log.info("resegment %s: %s, batch_size %d", Path(out_path).name, passes.describe(), batch_size)
     return passes.summary()

@@ -19,12 +19,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from locseg.batching import (
+    CPU_PASS_PIXELS,
     BackgroundWriter,
     Compute,
+    StageItems,
     buckets,
     canvas,
     prefetch,
     run_size,
+    run_stage,
     size_order,
     speed_settings,
 )
@@ -385,6 +388,48 @@ def test_images_of_different_run_sizes_never_share_a_pass():
 def test_speed_settings_are_inference_without_canvas():
     cfg = {"inference": {"batch_size": 4, "workers": 2, "compile": False, "canvas": True}}
     assert speed_settings(cfg) == {"batch_size": 4, "workers": 2, "compile": False}
+
+
+def test_cpu_runs_a_batch_as_calls_of_bounded_pixels_cuda_as_one():
+    cpu = Compute(torch.device("cpu"), pass_pixels=100)
+    assert [len(c) for c in cpu.calls(list(range(9)), (5, 5))] == [4, 4, 1]  # 4 x 25 px fit 100
+    assert [len(c) for c in cpu.calls(list(range(3)), (20, 20))] == [1, 1, 1]  # larger than the budget: one each
+    assert [len(c) for c in Compute(torch.device("cpu")).calls(list(range(9)), (500, 500))] == [9]
+    assert Compute.on(torch.device("cpu")).pass_pixels == CPU_PASS_PIXELS
+    assert Compute.on(torch.device("cuda")).pass_pixels is None
+
+
+class _Items(StageItems):
+    def cue(self, image_id, image):
+        return image_id, [1] if image_id != "none" else []
+
+
+def test_run_stage_counts_images_per_batch_and_per_call(tmp_path):
+    """Six same-size images and batch 4: batches [4, 2]; with a budget of two images per call, calls
+    [2, 2, 2]; an image without classes needs no call's room in the count."""
+    paths = {}
+    for i in ["a", "b", "c", "none", "e", "f"]:
+        paths[i] = tmp_path / f"{i}.jpg"
+        Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(paths[i])
+    seen, written = [], []
+
+    class Store:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, image_id, maps, classes, extra):
+            written.append((image_id, maps, list(classes), extra))
+
+    compute = Compute(torch.device("cpu"), pass_pixels=40)
+    passes = run_stage(_Items(list(paths), paths), Store, lambda images, cues: seen.append(cues) or cues, compute,
+                       batch_size=4, workers=0, desc="test", to_write=lambda r: (r.upper(), None))
+    assert seen == [["a", "b"], ["c", "none"], ["e", "f"]]
+    assert written == [(i, i.upper(), [] if i == "none" else [1], None) for i in paths]
+    assert passes.summary() == {"images": 5, "batches": 2, "images_per_batch": 2.5, "forward_passes": 3,
+                                "images_per_pass": round(5 / 3, 2)}
 
 
 def test_batches_fill_on_a_voc_like_size_mix():
