@@ -54,11 +54,16 @@ def load_checkpoint(path, kind: str, class_names: list[str] | None = None) -> di
 
 
 def load_weights_file(path, what: str) -> dict:
-    """A user-supplied pretrained state dict (never downloaded). Accepts {'state_dict': ...} wrappers."""
+    """A user-supplied pretrained state dict (never downloaded). Accepts {'state_dict': ...} wrappers, and a
+    locseg CAM checkpoint, whose trained backbone it returns as a plain backbone state dict (`weights: cam`:
+    where no ImageNet weights exist, as for the demo's small backbone, the CAM net is the best start)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} weights file not found")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and state.get("kind") == "cam":
+        trunk = {k.removeprefix("backbone."): v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
+        return {k.removeprefix("body."): v for k, v in trunk.items()}  # a ResNet's torchvision names
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

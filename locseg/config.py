@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from locseg.weights import IMAGENET, IMAGENET_BACKBONES
+from locseg.weights import CAM_NET, IMAGENET, IMAGENET_BACKBONES
 
 
 # Shipped inside the package, so the workflow, the `locseg` command and a Snakemake module that includes
@@ -82,6 +82,12 @@ def semantic_problems(config: dict) -> list[str]:
         backbone = config[stage]["backbone"]
         if config[stage]["weights"] == IMAGENET and backbone not in IMAGENET_BACKBONES:
             problems.append(f"{stage}.weights: 'imagenet' exists for {', '.join(IMAGENET_BACKBONES)}, not {backbone!r}")
+    if cam["weights"] == CAM_NET:
+        problems.append("cam.weights: 'cam' (the trained CAM net's backbone) is for the segmenter and DeepLab")
+    for stage in ("segmenter", "deeplab"):
+        if config[stage]["weights"] == CAM_NET and config[stage]["backbone"] != cam["backbone"]:
+            problems.append(f"{stage}.weights: 'cam' needs the CAM net's backbone ({cam['backbone']!r}), "
+                            f"not {config[stage]['backbone']!r}")
     if cam["source"] == "weights" and cam["weights"] == IMAGENET:
         problems.append("cam.weights: cam.source 'weights' needs a trained CAM checkpoint file, not 'imagenet'")
     if cam["source"] == "import":
@@ -132,7 +138,7 @@ def _missing_paths(config: dict) -> list[str]:
     if ds["labels_file"]:
         checks["dataset.labels_file"] = Path(ds["labels_file"])
     for stage in ("cam", "segmenter", "deeplab"):
-        if config[stage]["weights"] and config[stage]["weights"] != IMAGENET:
+        if config[stage]["weights"] not in (None, IMAGENET, CAM_NET):
             checks[f"{stage}.weights"] = Path(config[stage]["weights"])
     return [f"{key}: path {path} does not exist" for key, path in checks.items() if not path.exists()]
 

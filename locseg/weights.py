@@ -15,6 +15,7 @@ from pathlib import Path
 log = logging.getLogger("locseg")
 
 IMAGENET = "imagenet"
+CAM_NET = "cam"  # segmenter / deeplab `weights: cam`: the trained CAM net's backbone (the workflow passes its file)
 IMAGENET_BACKBONES = ("resnet18", "resnet50", "resnet101")
 STAGES = ("cam", "segmenter", "deeplab")
 

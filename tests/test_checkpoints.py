@@ -99,3 +99,26 @@ def test_load_weights_file(tmp_path):
         load_weights_file(tensor, "test")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_weights_file(tmp_path / "missing.pth", "test")
+
+
+@pytest.mark.parametrize("backbone", ["small", "resnet18"])
+def test_a_cam_checkpoint_as_weights_gives_its_trained_backbone(tmp_path, backbone):
+    """`weights: cam`: the CAM net's backbone, named as a plain backbone (a ResNet as torchvision names it),
+    loads into the segmenter's 4-channel backbone and DeepLab's."""
+    from locseg.models.backbones import build_backbone
+    from locseg.models.cam import CamNet
+    from locseg.models.deeplab import build_deeplab
+    from locseg.models.segmenter import Segmenter
+
+    cam = CamNet(4, backbone)
+    save_checkpoint(tmp_path / "cam.pt", cam, "cam", {})
+    got = load_weights_file(tmp_path / "cam.pt", "test")
+    plain = build_backbone(backbone, 3).state_dict()
+    assert set(got) == {k.removeprefix("body.") for k in plain} - {"fc.weight", "fc.bias"}
+    first = "stem.0.weight" if backbone == "small" else "conv1.weight"
+    assert torch.equal(got[first], cam.state_dict()[("backbone." if backbone == "small" else "backbone.body.") + first])
+    seg = Segmenter(backbone, 16, tmp_path / "cam.pt")
+    seg_first = seg.encoder.state_dict()[first if backbone == "small" else "body." + first]
+    assert torch.equal(seg_first[:, :3], got[first]) and not seg_first[:, 3].any()  # the cue channel starts at 0
+    if backbone == "small":
+        assert torch.equal(build_deeplab(5, "small", tmp_path / "cam.pt").backbone.state_dict()[first], got[first])

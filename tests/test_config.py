@@ -172,6 +172,18 @@ def test_imagenet_weights(config, real_tree):
     assert "cam.weights: cam.source 'weights' needs a trained CAM checkpoint file, not 'imagenet'" in msg
 
 
+def test_cam_weights_need_the_cam_nets_backbone(config, real_tree):
+    config = _real(config, real_tree)
+    config["segmenter"]["weights"] = config["deeplab"]["weights"] = "cam"  # a name, not a path: no existence check
+    validate_config(copy.deepcopy(config), SCHEMA)
+    config["deeplab"]["backbone"] = "resnet50"
+    config["cam"]["weights"] = "cam"
+    msg = _error(config)
+    assert "deeplab.weights: 'cam' needs the CAM net's backbone ('small'), not 'resnet50'" in msg
+    assert "cam.weights: 'cam' (the trained CAM net's backbone) is for the segmenter and DeepLab" in msg
+    assert "segmenter.weights" not in msg
+
+
 def test_load_config(tmp_path, config):
     good = tmp_path / "c.yaml"
     good.write_text(yaml.safe_dump(config))

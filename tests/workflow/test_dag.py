@@ -169,6 +169,14 @@ def test_deeplab_knob_reruns_only_deeplab(tiny_run):
     assert jobs == {"train_deeplab": 2, "evaluate_deeplab": 2, "supervision_gap": 1, "report": 1, "all": 1}
 
 
+def test_cam_weights_make_both_deeplabs_wait_for_the_cam_net(tiny_run):
+    """deeplab.weights: cam (the demo default): the GT-trained DeepLab starts from the CAM net too, so a
+    retrained CAM net reruns it; from other weights it needs no CAMs."""
+    mtime_only = ("--forcerun", "train_cam", "--rerun-triggers", "mtime")  # params changes aside
+    assert planned_jobs(tiny_run, None, *mtime_only)["train_deeplab"] == 2
+    assert planned_jobs(tiny_run, {"deeplab": {"weights": None}}, *mtime_only)["train_deeplab"] == 1
+
+
 def test_cam_scale_reruns_extraction_but_not_training(tiny_run):
     jobs = planned_jobs(tiny_run, {"cam": {"scales": [1.0]}})
     assert "train_cam" not in jobs and "train_deeplab" in jobs and jobs["report"] == 1

@@ -8,7 +8,7 @@ rule train_cam:
         split=split_file(SPLITS["cam"]),
         weights=weights_input("cam"),
     output:
-        model=f"{RESULTS}/models/cam.pt",
+        model=CAM_MODEL,
     params:
         classes=config["classes"],
         train=pick("cam", "backbone", "weights", "output_stride", "crop", "scale_range", "batch_size",

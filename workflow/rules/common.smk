@@ -7,7 +7,7 @@ from locseg.config import SCHEMA, ConfigError, validate_config
 from locseg.fingerprint import code_fingerprint, stat_files, stats_fingerprint, tree_files
 from locseg.shards import shard_names
 from locseg.sources import EXTERNAL, dataset_files
-from locseg.weights import IMAGENET
+from locseg.weights import CAM_NET, IMAGENET
 
 
 try:
@@ -21,6 +21,7 @@ DATASET = config["dataset"]
 SPLITS = DATASET["splits"]
 SHARDS = shard_names(config["shards"])
 RESULTS = config["outdir"]
+CAM_MODEL = f"{RESULTS}/models/cam.pt"  # rule train_cam's output; `weights: cam` of the segmenter and DeepLab
 
 
 wildcard_constraints:
@@ -85,16 +86,22 @@ def code_version(script):
 
 
 def pick(section, *keys):
-    """The subset of a config section that a rule's result depends on (its params trigger reruns)."""
-    return {k: config[section][k] for k in keys}
+    """The subset of a config section that a rule's result depends on (its params trigger reruns).
+    `weights: cam` becomes the CAM net's checkpoint file (an input too, see weights_input)."""
+    picked = {k: config[section][k] for k in keys}
+    if picked.get("weights") == CAM_NET:
+        picked["weights"] = CAM_MODEL
+    return picked
 
 
 def weights_input(section):
     """A pretrained weights file is an input, so replacing it reruns the stage; `imagenet` waits for
-    fetch_weights, so a missing cache stops the run before any training job."""
+    fetch_weights, so a missing cache stops the run before any training job; `cam` waits for train_cam."""
     weights = config[section]["weights"]
     if weights == IMAGENET:
         return [f"{RESULTS}/weights/{config[section]['backbone']}.json"]
+    if weights == CAM_NET:
+        return [CAM_MODEL]
     return [weights] if weights else []
 
 
