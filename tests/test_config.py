@@ -164,6 +164,7 @@ def test_real_dataset_missing_split_and_weights(config, real_tree):
 def test_imagenet_weights(config, real_tree):
     config = _real(config, real_tree)
     config["cam"].update(backbone="resnet50", weights="imagenet")  # a name, not a path: no existence check
+    config["deeplab"]["weights"] = None  # not the demo's `cam`: that needs the CAM net's backbone
     validate_config(copy.deepcopy(config), SCHEMA)
     config["segmenter"]["weights"] = "imagenet"  # the small demo backbone has no ImageNet weights
     config["cam"]["source"] = "weights"  # a released CAM net is a checkpoint file, not an initialisation

@@ -21,7 +21,7 @@ DATASET = config["dataset"]
 SPLITS = DATASET["splits"]
 SHARDS = shard_names(config["shards"])
 RESULTS = config["outdir"]
-CAM_MODEL = f"{RESULTS}/models/cam.pt"  # rule train_cam's output; `weights: cam` of the segmenter and DeepLab
+CAM_MODEL = f"{RESULTS}/models/cam.pt"  # written by train_cam; what `weights = cam` of the later stages loads
 
 
 wildcard_constraints:
