@@ -21,7 +21,7 @@ DATASET = config["dataset"]
 SPLITS = DATASET["splits"]
 SHARDS = shard_names(config["shards"])
 RESULTS = config["outdir"]
-CAM_MODEL = f"{RESULTS}/models/cam.pt"  # written by train_cam; what `weights = cam` of the later stages loads
+CAM_MODEL = f"{RESULTS}/models/cam.pt"  # written by train_cam; loaded by the stages whose weights are "cam"
 
 
 wildcard_constraints:
