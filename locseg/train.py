@@ -73,8 +73,8 @@ def fit(model: torch.nn.Module, data, loss_fn, *, device: torch.device, generato
                 bar.update()
                 if resume and at.batch < per_epoch and (stop.requested or resume.due()):
                     resume.save(model, opt, generator, at)
-                if stop.requested:
-                    break
+                if stop.requested and at.batch < per_epoch:
+                    break  # after an epoch's last step the loader must run out: its sampler draws once more
             if at.batch == per_epoch:
                 at.losses.append(at.running / per_epoch)
                 at.epoch, at.batch, at.running = epoch + 1, 0, 0.0
