@@ -15,6 +15,8 @@ rule fetch_weights:
         note=f"{RESULTS}/weights/{{backbone}}.json",
     log:
         log_path("fetch_weights", "{backbone}"),
+    benchmark:
+        bench_path("fetch_weights", "{backbone}")
     wildcard_constraints:
         backbone="|".join(IMAGENET_BACKBONES),
     script:
