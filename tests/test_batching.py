@@ -73,7 +73,8 @@ def data(tmp_path_factory):
     save_checkpoint(d / "cam.pt", cam, "cam", {"class_names": CLASSES, "backbone": "small", "output_stride": 16})
     seg = Segmenter(width=16).eval()
     save_checkpoint(d / "seg.pt", seg, "segmenter",
-                    {"class_names": CLASSES, "backbone": "small", "output_stride": 16, "width": 16})
+                    {"class_names": CLASSES, "backbone": "small", "output_stride": 16, "width": 16,
+                     "feedback": "cam_mean"})
     return {"dir": d, "paths": paths, "labels": labels, "ids": list(paths), "cam": cam, "seg": seg}
 
 
@@ -150,10 +151,11 @@ def _reference_resegment_image(model, image, cams, rounds, device, pad):
     x = _on_canvas(image, pad).expand(k, -1, -1, -1).to(device)
     ch, cw = x.shape[-2:]
     cue = F.pad(torch.from_numpy(cams), (0, cw - w, 0, ch - h)).unsqueeze(1).to(device)
-    out = []
+    cam, out = cue, []
     for _ in range(rounds):
-        cue = torch.sigmoid(model(x, cue).float())
-        out.append(cue[:, 0, :h, :w])
+        probs = torch.sigmoid(model(x, cue).float())
+        cue = (cam + probs) / 2  # the default feedback, cam_mean
+        out.append(probs[:, 0, :h, :w])
     return torch.stack(out).cpu().numpy()
 
 

@@ -11,16 +11,19 @@ from PIL import Image
 
 from locseg.batching import Compute
 from locseg.cam import extract_cams, train_cam
+from locseg.checkpoints import save_checkpoint
 from locseg.data.transforms import normalize
 from locseg.data.voc import image_size, read_mask
 from locseg.masks import export_masks
 from locseg.models.segmenter import Segmenter
 from locseg.reseg import (
+    FEEDBACK,
     GROWTH,
     CueSet,
     degraded_cue,
     dice_bce_loss,
     load_segmenter,
+    next_cue,
     perturbed_mask,
     resegment,
     resegment_batch,
@@ -212,18 +215,22 @@ def _batch():
     return images, cues, targets, perturbed, use_prediction
 
 
-def test_segmenter_loss_second_pass_cues_and_value():
-    """Sample 0's second cue is the first pass's own (detached) probability, sample 1's the perturbed mask;
+@pytest.mark.parametrize("feedback", FEEDBACK)
+def test_segmenter_loss_second_pass_cues_and_value(feedback):
+    """Sample 0's second output is the first pass's own (detached) probability, sample 1's the perturbed
+    mask; the second pass gets what a second round would feed (with cam_mean: the mean with the first cue);
     the loss is both passes' Dice + BCE plus consistency x Dice between their outputs."""
     images, cues, targets, perturbed, use_prediction = batch = _batch()
     model = CueModel()
-    loss = segmenter_loss(model, batch, consistency=0.7)
+    loss = segmenter_loss(model, batch, consistency=0.7, feedback=feedback)
     first_cue, second_cue = model.cues
     assert torch.equal(first_cue, cues)
     with torch.no_grad():
         first = model.w * images[:, :1] + 4 * cues - 2
-        torch.testing.assert_close(second_cue[0], torch.sigmoid(first[0]))
-        torch.testing.assert_close(second_cue[1], perturbed[1])
+        fed = [torch.sigmoid(first[0]), perturbed[1]]
+        for i in (0, 1):
+            want = fed[i] if feedback == "output" else (cues[i] + fed[i]) / 2
+            torch.testing.assert_close(second_cue[i], want)
         second = model.w * images[:, :1] + 4 * second_cue - 2
         valid = (targets != 255).float()
         consistency = soft_dice(torch.sigmoid(first[:, 0]) * valid, torch.sigmoid(second[:, 0]) * valid)
@@ -242,9 +249,18 @@ def test_segmenter_loss_own_prediction_is_detached():
     images, cues, targets, perturbed, use_prediction = batch
     w = torch.tensor(0.5, requires_grad=True)
     first = w * images[:, :1] + 4 * cues - 2
-    cue2 = torch.where(use_prediction.view(-1, 1, 1, 1) > 0, torch.sigmoid(first.detach()), perturbed)
+    fed = torch.where(use_prediction.view(-1, 1, 1, 1) > 0, torch.sigmoid(first.detach()), perturbed)
+    cue2 = (cues + fed) / 2
     (dice_bce_loss(first, targets) + dice_bce_loss(w * images[:, :1] + 4 * cue2 - 2, targets)).backward()
     assert model.w.grad.item() == pytest.approx(w.grad.item(), rel=1e-5)
+
+
+def test_next_cue_by_hand():
+    cam, out = torch.tensor([0.0, 0.2, 1.0]), torch.tensor([1.0, 0.6, 0.0])
+    torch.testing.assert_close(next_cue(cam, out, "cam_mean"), torch.tensor([0.5, 0.4, 0.5]))
+    assert next_cue(cam, out, "output") is out
+    with pytest.raises(ValueError, match="unknown feedback 'mean'"):
+        next_cue(cam, out, "mean")
 
 
 def test_train_segmenter_refuses_consistency_without_second_cue(tiny, tmp_path):
@@ -267,26 +283,52 @@ class RecordingModel:
         return cue * 2 - 1
 
 
-def test_resegment_image_feeds_rounds_back():
+@pytest.mark.parametrize("feedback", FEEDBACK)
+def test_resegment_image_feeds_rounds_back(feedback):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
     cams = rng.random((2, 5, 7)).astype(np.float32)
     model = RecordingModel()
-    out = resegment_image(model, image, cams, rounds=3, device=CPU)
+    out = resegment_image(model, image, cams, rounds=3, device=CPU, feedback=feedback)
     assert out.shape == (3, 2, 5, 7) and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 1
-    # hand recurrence c_{r+1} = sigmoid(2 c_r - 1)
-    c = cams.astype(np.float64)
+    # hand recurrence: p_r = sigmoid(2 c_r - 1); c_{r+1} = p_r (output) or (cam + p_r) / 2 (cam_mean)
+    cam = c = cams.astype(np.float64)
+    cues = []
     for r in range(3):
-        c = 1 / (1 + np.exp(-(2 * c - 1)))
-        np.testing.assert_allclose(out[r], c, atol=1e-5)
+        cues.append(c)
+        p = 1 / (1 + np.exp(-(2 * c - 1)))
+        np.testing.assert_allclose(out[r], p, atol=1e-5)
+        c = p if feedback == "output" else (cam + p) / 2
     assert len(model.calls) == 3
-    np.testing.assert_allclose(model.calls[0][1][:, 0].numpy(), cams, atol=0)
-    for r in (1, 2):
-        np.testing.assert_allclose(model.calls[r][1][:, 0].numpy(), out[r - 1], atol=1e-6)
+    for r in range(3):
+        np.testing.assert_allclose(model.calls[r][1][:, 0].numpy(), cues[r], atol=1e-6)
     x = model.calls[0][0]
     assert x.shape == (2, 3, 5, 7)
     torch.testing.assert_close(x[1], normalize(image))
+
+
+class RampModel:
+    """logit = 2 * cue - 1 + the column index / 4: not mirror-symmetric, so a flip shows in the output."""
+
+    def __call__(self, x, cue):
+        return cue * 2 - 1 + torch.arange(x.shape[-1], dtype=torch.float32) / 4
+
+
+def test_resegment_flip_averages_the_mirrored_run():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    cams = rng.random((1, 4, 6)).astype(np.float32)
+    out = resegment_image(RampModel(), image, cams, rounds=2, device=CPU, feedback="output", flip=True)
+    ramp = np.arange(6) / 4
+    c = cams.astype(np.float64)
+    for r in range(2):
+        # the mirrored view sees the cue mirrored, so pixel j gets column 5 - j's ramp value
+        p = (1 / (1 + np.exp(-(2 * c - 1 + ramp))) + 1 / (1 + np.exp(-(2 * c - 1 + ramp[::-1])))) / 2
+        np.testing.assert_allclose(out[r], p, atol=1e-5)
+        c = p
+    no_flip = resegment_image(RampModel(), image, cams, rounds=1, device=CPU, feedback="output")
+    assert np.abs(no_flip[0] - out[0]).max() > 0.05
 
 
 def test_resegment_with_canvas_pads_image_and_cue_and_crops_back():
@@ -295,7 +337,7 @@ def test_resegment_with_canvas_pads_image_and_cue_and_crops_back():
     image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
     cams = rng.random((2, 5, 7)).astype(np.float32)
     model = RecordingModel()
-    out = resegment_batch(model, [image], [cams], 2, Compute(CPU, canvas=True))[0]
+    out = resegment_batch(model, [image], [cams], 2, Compute(CPU, canvas=True), feedback="output")[0]
     assert out.shape == (2, 2, 5, 7)
     np.testing.assert_allclose(out[0], 1 / (1 + np.exp(-(2 * cams.astype(np.float64) - 1))), atol=1e-5)
     cue = model.calls[0][1][:, 0].numpy()
@@ -359,8 +401,16 @@ def test_train_segmenter_checkpoint(stage):
     assert payload["kind"] == "segmenter" and payload["meta"]["cue"] == "cam"
     assert payload["meta"]["second_cues"] == ["perturbed_mask"] and payload["meta"]["consistency"] == 1.0
     assert stage["summary"]["width"] == 16 and np.isfinite(stage["summary"]["loss_per_epoch"][0])
-    model = load_segmenter(stage["seg"], CLASSES, CPU)
-    assert isinstance(model, Segmenter) and not model.training
+    assert payload["meta"]["feedback"] == "cam_mean"
+    model, feedback = load_segmenter(stage["seg"], CLASSES, CPU)
+    assert isinstance(model, Segmenter) and not model.training and feedback == "cam_mean"
+
+
+def test_segmenter_from_before_feedback_rounds_feeds_its_output(tmp_path):
+    """Checkpoints written before `feedback` existed were trained for the output as the next cue."""
+    save_checkpoint(tmp_path / "old.pt", Segmenter(width=16), "segmenter",
+                    {"class_names": CLASSES, "backbone": "small", "output_stride": 16, "width": 16})
+    assert load_segmenter(tmp_path / "old.pt", CLASSES, CPU)[1] == "output"
 
 
 def test_train_segmenter_deterministic_degraded(tiny, tmp_path):

@@ -13,7 +13,7 @@ rule train_segmenter:
     params:
         classes=config["classes"],
         train=pick("segmenter", "backbone", "weights", "output_stride", "width", "cue", "second_cues",
-                   "consistency", "crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay"),
+                   "consistency", "feedback", "crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay"),
         category_map=config["coco"]["category_map"],
         seed=config["seed"],
         data=lambda wc: data_version(EXTERNAL, "images"),
@@ -43,7 +43,7 @@ rule resegment:
         store=f"{RESULTS}/reseg/{{split}}/{{shard}}.h5",
     params:
         classes=config["classes"],
-        reseg=pick("reseg", "rounds", "keep_rounds", "max_side"),
+        reseg=pick("reseg", "rounds", "flip", "keep_rounds", "max_side"),
         canvas=config["inference"]["canvas"],  # changes the maps; the rest of `inference` is speed only
         data=lambda wc: data_version(wc.split, "images"),
         code=code_version("resegment"),
