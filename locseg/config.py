@@ -90,6 +90,13 @@ def semantic_problems(config: dict) -> list[str]:
                             f"not {config[stage]['backbone']!r}")
     if cam["source"] == "weights" and cam["weights"] == IMAGENET:
         problems.append("cam.weights: cam.source 'weights' needs a trained CAM checkpoint file, not 'imagenet'")
+    seg = config["segmenter"]
+    if seg["consistency"] and (seg["passes"] == 1 or not seg["second_cues"]):
+        problems.append("segmenter.consistency: the Dice term between two passes needs passes: 2 and a second cue; "
+                        "set it to 0")
+    if seg["passes"] == 1 and "prediction" in seg["second_cues"]:
+        problems.append("segmenter.second_cues: with passes: 1 there is no first pass whose prediction could be "
+                        "a cue; use [perturbed_mask]")
     if cam["source"] == "import":
         if not cam["import_dir"]:
             problems.append("cam.import_dir: cam.source 'import' needs a directory of .npy CAMs")

@@ -61,6 +61,14 @@ def next_cue(cam: torch.Tensor, output: torch.Tensor, feedback: str) -> torch.Te
 GROWTH = (-0.2, 0.5)
 
 
+def dilate(m: torch.Tensor, r: int) -> torch.Tensor:
+    """Max over the (2r+1)^2 square around each pixel of [N, C, H, W] maps, as a row pass then a column pass:
+    the same values as one square max-pool, at 2(2r+1) instead of (2r+1)^2 comparisons per pixel (the square
+    pool took half the data time of a segmenter training step)."""
+    m = F.max_pool2d(m, (2 * r + 1, 1), stride=1, padding=(r, 0))
+    return F.max_pool2d(m, (1, 2 * r + 1), stride=1, padding=(0, r))
+
+
 def perturbed_mask(target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """A cue like the segmenter's own output (what it gets from round 2 on): the object mask grown or
     shrunk by a radius drawn from GROWTH x sqrt(object area), blurred by 0-2 px and scaled to a peak in
@@ -68,9 +76,9 @@ def perturbed_mask(target: torch.Tensor, rng: np.random.Generator) -> torch.Tens
     m = (target == 1).float()[None, None]
     r = round(rng.uniform(*GROWTH) * float(m.sum()) ** 0.5)
     if r > 0:
-        m = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
+        m = dilate(m, r)
     elif r < 0:
-        m = 1 - F.max_pool2d(1 - m, -2 * r + 1, stride=1, padding=-r)
+        m = 1 - dilate(1 - m, -r)
     blur = int(rng.integers(0, 3))
     if blur:
         m = F.avg_pool2d(m, 2 * blur + 1, stride=1, padding=blur, count_include_pad=False)
@@ -82,14 +90,20 @@ class CueSet(AugmentedSet):
 
     With `second_cues` a sample also carries the cue of a second training pass, drawn per sample from
     SECOND_CUES: a perturbed object mask, or (flag set) the model's own detached first-pass prediction,
-    which only the loss can compute. Samples are then (image, cue, target, perturbed mask, use prediction)."""
+    which only the loss can compute. Samples are then (image, cue, target, perturbed mask, use prediction).
 
-    def __init__(self, coco, cams: ShardedStore | None, crop: int, scale_range, seed: int, second_cues=()):
+    With `one_pass` (a FEEDBACK rule) a sample keeps one cue: its CAM, or for half of the samples (drawn
+    per sample) the cue a second round would get, `next_cue` of the CAM and a perturbed mask."""
+
+    def __init__(self, coco, cams: ShardedStore | None, crop: int, scale_range, seed: int, second_cues=(),
+                 one_pass: str | None = None):
         super().__init__([(i, c) for i in coco.ids for c in coco.labels(i)], crop, scale_range, seed)
         unknown = sorted(set(second_cues) - set(SECOND_CUES))
         if unknown:
             raise ValueError(f"unknown second cue(s) {unknown}; choose from {list(SECOND_CUES)}")
-        self.coco, self.cams, self.second_cues = coco, cams, list(second_cues)
+        if one_pass and list(second_cues) != ["perturbed_mask"]:
+            raise ValueError(f"one-pass training mixes in perturbed_mask cues only, got second cues {list(second_cues)}")
+        self.coco, self.cams, self.second_cues, self.one_pass = coco, cams, list(second_cues), one_pass
         if cams is not None:
             missing = [i for i in coco.ids if i not in cams]
             if missing:
@@ -112,7 +126,9 @@ class CueSet(AugmentedSet):
             self.crop, self.scale_range,
         )
         target_t = target_t[0].long()
-        if not self.second_cues:
+        if self.one_pass and rng.random() < 0.5:
+            return image, next_cue(cue_t, perturbed_mask(target_t, rng), self.one_pass), target_t
+        if self.one_pass or not self.second_cues:
             return image, cue_t, target_t
         second = self.second_cues[int(rng.integers(len(self.second_cues)))]
         if second == "prediction":
@@ -171,25 +187,30 @@ def train_segmenter(
     second_cues=("perturbed_mask",),
     consistency: float = 1.0,
     feedback: str = "cam_mean",
+    passes: int = 2,
     seed: int = 0, device: str = "auto", meta: dict | None = None,  # meta: extra checkpoint metadata
     **fit_options,
 ) -> dict:
     """`cam_store_paths` None trains on degraded-GT cues instead of CAMs. `second_cues` (a subset of
-    SECOND_CUES; empty: one pass) and `consistency` make the cue-robust two-pass training of
+    SECOND_CUES; empty: the CAM only) and `consistency` make the cue-robust two-pass training of
     `segmenter_loss`; `feedback` (FEEDBACK, see `next_cue`) is the rule of the rounds the segmenter is
-    trained for, and resegment reads it from the checkpoint. `fit_options` go to `locseg.train.fit`."""
-    if consistency and not second_cues:
-        raise ValueError("segmenter consistency > 0 needs at least one second cue (second_cues)")
+    trained for, and resegment reads it from the checkpoint. `passes` 1 instead sends each sample through
+    once, with its CAM or (half of them) a second round's cue (CueSet `one_pass`): half the cost of a
+    step, and no consistency term. `fit_options` go to `locseg.train.fit`."""
+    if passes not in (1, 2):
+        raise ValueError(f"segmenter passes must be 1 or 2, got {passes}")
+    if consistency and (passes == 1 or not second_cues):
+        raise ValueError("segmenter consistency > 0 needs two passes and at least one second cue (second_cues)")
     if feedback not in FEEDBACK:
         raise ValueError(f"unknown feedback {feedback!r}; choose from {list(FEEDBACK)}")
     gen = seed_everything(seed)
     dev = pick_device(device)
     cams = ShardedStore(cam_store_paths, kind="cam", class_names=class_names) if cam_store_paths else None
-    data = CueSet(coco, cams, crop, scale_range, seed, second_cues)
+    data = CueSet(coco, cams, crop, scale_range, seed, second_cues, feedback if passes == 1 and second_cues else None)
     warn_if_scratch("train_segmenter", backbone, weights)
     model = prepare_model(Segmenter(backbone, output_stride, weights, width), dev)
-    log.info("segmenter samples: (image, class) pairs from %d external images; second cues %s, consistency %g",
-             len(coco.ids), list(second_cues), consistency)
+    log.info("segmenter samples: (image, class) pairs from %d external images; %d pass(es), second cues %s, "
+             "consistency %g, feedback %s", len(coco.ids), passes, list(second_cues), consistency, feedback)
     loss = partial(segmenter_loss, consistency=consistency, feedback=feedback)
     losses = fit(model, data, loss, device=dev, generator=gen, desc="train_segmenter", **fit_options)
     if cams is not None:
@@ -197,7 +218,7 @@ def train_segmenter(
     summary = {"class_names": list(class_names), "backbone": backbone,
                "init": describe_init(backbone, weights), "output_stride": output_stride,
                "width": width, "cue": "cam" if cam_store_paths else "degraded_gt", "second_cues": list(second_cues),
-               "consistency": consistency, "feedback": feedback, "samples": len(data),
+               "consistency": consistency, "feedback": feedback, "passes": passes, "samples": len(data),
                "epochs": len(losses), "loss_per_epoch": losses, "seed": seed, **(meta or {})}
     save_checkpoint(out_path, model, "segmenter", summary)
     return summary

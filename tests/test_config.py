@@ -185,6 +185,21 @@ def test_cam_weights_need_the_cam_nets_backbone(config, real_tree):
     assert "segmenter.weights" not in msg
 
 
+def test_segmenter_passes_and_consistency(config):
+    validate_config(copy.deepcopy(config), SCHEMA)
+    for passes, second, consistency in ((2, ["perturbed_mask"], 1.0), (1, ["perturbed_mask"], 0.0), (1, [], 0.0)):
+        config["segmenter"].update(passes=passes, second_cues=second, consistency=consistency)
+        validate_config(copy.deepcopy(config), SCHEMA)
+    config["segmenter"].update(passes=1, second_cues=["prediction"], consistency=0.5)
+    msg = _error(config)
+    assert "segmenter.consistency: the Dice term between two passes needs passes: 2" in msg
+    assert "segmenter.second_cues: with passes: 1 there is no first pass" in msg
+    config["segmenter"].update(passes=2, second_cues=[], consistency=0.5)
+    assert "segmenter.consistency" in _error(config)
+    config["segmenter"]["passes"] = 3
+    assert "segmenter.passes" in _error(config)
+
+
 def test_load_config(tmp_path, config):
     good = tmp_path / "c.yaml"
     good.write_text(yaml.safe_dump(config))

@@ -21,6 +21,7 @@ from locseg.reseg import (
     GROWTH,
     CueSet,
     degraded_cue,
+    dilate,
     dice_bce_loss,
     load_segmenter,
     next_cue,
@@ -133,6 +134,19 @@ def _square(size=40, lo=12, hi=28):
     return target
 
 
+def test_dilate_is_the_square_max_by_hand():
+    """Row pass then column pass = the max over the full (2r+1)^2 square, borders included (a wrong
+    separable version, e.g. one pass only or swapped paddings, differs at corners of the square)."""
+    m = torch.zeros(1, 1, 7, 9)
+    m[0, 0, 3, 4] = 1
+    m[0, 0, 0, 8] = 0.5
+    got = dilate(m, 2)[0, 0]
+    want = torch.zeros(7, 9)
+    want[1:6, 2:7] = 1          # the square of side 5 around (3, 4), corners included
+    want[0:3, 6:9] = torch.maximum(want[0:3, 6:9], torch.tensor(0.5))  # around the corner pixel, clipped
+    torch.testing.assert_close(got, want)
+
+
 def test_perturbed_mask_stays_near_the_object():
     """Grown or shrunk within GROWTH x sqrt(area) (+2 px blur): never farther out, never loses the core,
     peak in [0.6, 1]; over seeds it both grows and shrinks, and softens."""
@@ -189,6 +203,28 @@ def test_cueset_second_cues(tiny):
     assert all(float(only[i][4]) == 0.0 for i in range(len(only)))
     with pytest.raises(ValueError, match="unknown second cue"):
         CueSet(coco, None, 32, (0.7, 1.3), seed=0, second_cues=["cam"])
+
+
+def test_cueset_one_pass_mixes_second_round_cues(tiny):
+    """passes: 1: a sample is (image, cue, target) with the plain sample's image and target; its cue is the
+    plain CAM-like cue or, for about half of the samples, the mean of it and a perturbed object mask."""
+    coco = tiny["coco"]
+    plain = CueSet(coco, None, 32, (0.7, 1.3), seed=0)
+    one = CueSet(coco, None, 32, (0.7, 1.3), seed=0, second_cues=["perturbed_mask"], one_pass="cam_mean")
+    mixed = 0
+    for i in range(len(plain)):
+        (image, cue, target), sample = plain[i], one[i]
+        assert len(sample) == 3 and torch.equal(sample[0], image) and torch.equal(sample[2], target)
+        if torch.equal(sample[1], cue):
+            continue
+        mixed += 1
+        second = (2 * sample[1] - cue)[0]  # the perturbed mask that was mixed in
+        assert second.min() >= -1e-5 and second.max() <= 1 + 1e-5
+        if (target == 1).any() and (target == 0).any():
+            assert second[target == 1].mean() > second[target == 0].mean()
+    assert 0.25 * len(plain) <= mixed <= 0.75 * len(plain)
+    with pytest.raises(ValueError, match="perturbed_mask cues only"):
+        CueSet(coco, None, 32, (0.7, 1.3), seed=0, second_cues=["prediction"], one_pass="cam_mean")
 
 
 class CueModel(torch.nn.Module):
@@ -264,9 +300,16 @@ def test_next_cue_by_hand():
 
 
 def test_train_segmenter_refuses_consistency_without_second_cue(tiny, tmp_path):
-    with pytest.raises(ValueError, match="second cue"):
-        train_segmenter(tiny["coco"], None, CLASSES, tmp_path / "s.pt", second_cues=[], consistency=1.0, **FAST)
+    for bad in ({"second_cues": []}, {"passes": 1}):
+        with pytest.raises(ValueError, match="needs two passes and at least one second cue"):
+            train_segmenter(tiny["coco"], None, CLASSES, tmp_path / "s.pt", consistency=1.0, **bad, **FAST)
     assert not (tmp_path / "s.pt").exists()
+
+
+def test_train_segmenter_one_pass(tiny, tmp_path):
+    summary = train_segmenter(tiny["coco"], None, CLASSES, tmp_path / "s.pt", passes=1, consistency=0.0,
+                              width=16, **FAST)
+    assert summary["passes"] == 1 and np.isfinite(summary["loss_per_epoch"]).all()
 
 
 # ---------------------------------------------------------------- resegment_image
