@@ -55,6 +55,8 @@ def next_cue(cam: torch.Tensor, output: torch.Tensor, feedback: str) -> torch.Te
     if feedback == "output":
         return output
     raise ValueError(f"unknown feedback {feedback!r}; choose from {list(FEEDBACK)}")
+
+
 # perturbed_mask's shrink (-) / grow (+) radius range, in units of sqrt(object area). Biased to growth: fed
 # back, the segmenter's masks grow round after round (measured on a demo subset: false-positive pixels up by
 # a third to a half from round 1 to 3), so the second pass must learn to pull a too-large cue back in.
@@ -247,7 +249,7 @@ def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, compute:
                     keep_rounds: bool = True, max_side: int | None = None, feedback: str = "cam_mean",
                     flip: bool = False) -> list[np.ndarray]:
     """`resegment_image` for several images of one run size (`Compute.shared_size`) at once: one forward
-    pass per round over every (image, present class) pair of the batch; with `compute.canvas`, image and
+    pass per round (two with `flip`) over every (image, present class) pair of the batch; with `compute.canvas`, image and
     cue are padded to the canvas (the cue with zeros) and the probabilities cropped back. With one image
     this is exactly the per-image computation. `max_side` caps the run size's longer side. Returns one
     float32 [rounds, k_i, h_i, w_i] array per image ([1, k_i, h_i, w_i], the last round, when not
