@@ -104,7 +104,8 @@ class CueSet(AugmentedSet):
         if unknown:
             raise ValueError(f"unknown second cue(s) {unknown}; choose from {list(SECOND_CUES)}")
         if one_pass and list(second_cues) != ["perturbed_mask"]:
-            raise ValueError(f"one-pass training mixes in perturbed_mask cues only, got second cues {list(second_cues)}")
+            raise ValueError(f"one-pass training mixes in perturbed_mask cues only, "
+                             f"got second cues {list(second_cues)}")
         self.coco, self.cams, self.second_cues, self.one_pass = coco, cams, list(second_cues), one_pass
         if cams is not None:
             missing = [i for i in coco.ids if i not in cams]
@@ -249,11 +250,11 @@ def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, compute:
                     keep_rounds: bool = True, max_side: int | None = None, feedback: str = "cam_mean",
                     flip: bool = False) -> list[np.ndarray]:
     """`resegment_image` for several images of one run size (`Compute.shared_size`) at once: one forward
-    pass per round (two with `flip`) over every (image, present class) pair of the batch; with `compute.canvas`, image and
-    cue are padded to the canvas (the cue with zeros) and the probabilities cropped back. With one image
-    this is exactly the per-image computation. `max_side` caps the run size's longer side. Returns one
-    float32 [rounds, k_i, h_i, w_i] array per image ([1, k_i, h_i, w_i], the last round, when not
-    keep_rounds: earlier rounds then never leave the device)."""
+    pass per round (two with `flip`) over every (image, present class) pair of the batch; with
+    `compute.canvas`, image and cue are padded to the canvas (the cue with zeros) and the probabilities
+    cropped back. With one image this is exactly the per-image computation. `max_side` caps the run size's
+    longer side. Returns one float32 [rounds, k_i, h_i, w_i] array per image ([1, k_i, h_i, w_i], the last
+    round, when not keep_rounds: earlier rounds then never leave the device)."""
     sizes = [np.asarray(im).shape[:2] for im in images]
     ks = [c.shape[0] for c in cams]
     kept = rounds if keep_rounds else 1

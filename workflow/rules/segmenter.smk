@@ -13,7 +13,8 @@ rule train_segmenter:
     params:
         classes=config["classes"],
         train=pick("segmenter", "backbone", "weights", "output_stride", "width", "cue", "second_cues",
-                   "consistency", "feedback", "passes", "crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay"),
+                   "consistency", "feedback", "passes", "crop", "scale_range", "batch_size", "epochs",
+                   "optimizer", "lr", "weight_decay"),
         category_map=config["coco"]["category_map"],
         seed=config["seed"],
         data=lambda wc: data_version(EXTERNAL, "images"),
