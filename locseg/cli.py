@@ -112,7 +112,8 @@ def cmd_show(args) -> int:
     config = _load_config(args.config)
     n = len(config["classes"])
     layout = voc_layout(config)
-    image_id, results = args.image, Path(args.results)
+    image_id = args.image
+    results = Path(args.results if args.results is not None else config["outdir"])
     image = read_image(layout.image_path(image_id))
     hw = image.shape[:2]
     titles, panels, missing = ["image"], [image], []
@@ -257,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Find one image's CAM, pseudo mask and DeepLab predictions under a results "
                                    "directory and write them side by side as one PNG.")
     s.add_argument("--image", required=True, metavar="ID", help="image id (file name without extension)")
-    s.add_argument("--results", default="results", help="results directory of a run (default: %(default)s)")
+    s.add_argument("--results", metavar="DIR", help="results directory of a run (default: the config's outdir)")
     s.add_argument("--split", default="train", help="split the image belongs to (default: %(default)s)")
     s.add_argument("--out", metavar="PNG", help="output file (default: <id>_<split>.png)")
     s.add_argument("--config", default=DEFAULT_CONFIG, help="config giving the dataset paths (default: %(default)s)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from locseg.cli import main
@@ -218,3 +219,24 @@ def test_show_writes_png(demo, tmp_path, capsys, monkeypatch):
 
     rc, _, err = run(capsys, "show", "--image", "no_such_id", "--config", str(REPO / "config" / "config.yaml"))
     assert rc == 1 and "no_such_id" in err and "Traceback" not in err
+
+
+def test_show_reads_the_configs_outdir(demo, tmp_path, capsys, monkeypatch):
+    # A run with `outdir: runs/a` keeps its stores there; show must look there without --results.
+    work = tmp_path / "run"
+    shutil.copytree(demo, work / "results" / "demo")
+    monkeypatch.chdir(work)
+    image_id = read_split(work / "results/demo/voc/ImageSets/Segmentation/train.txt")[0]
+    h, w = np.asarray(Image.open(work / "results/demo/voc/SegmentationClass" / f"{image_id}.png")).shape
+    _write_store(work / "runs/a/cams/train/000.h5", {image_id: (h, w)})
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["outdir"] = "runs/a"
+    (work / "mine.yaml").write_text(yaml.safe_dump(config))
+
+    rc, out, err = run(capsys, "show", "--image", image_id, "--config", "mine.yaml", "--out", "a.png")
+    assert rc == 0, err
+    assert "CAM (max over classes)" in out and "runs/a/cams" not in out
+    rc, out, err = run(capsys, "show", "--image", image_id, "--config", "mine.yaml", "--out", "b.png",
+                       "--results", "results")
+    assert rc == 0, err
+    assert "CAM (max over classes)" not in out and "results/cams/train" in out
