@@ -82,12 +82,22 @@ def result_rows(cams: dict, masks: dict, deeplab: dict[str, dict], gap: dict) ->
     rows.append(row("pseudo masks (exported)", masks,
                     f"bg_score {fmt(masks.get('bg_score'), digits=2)}, band {fmt(masks.get('band'), digits=2)}"))
     for labels, m in deeplab.items():
-        rows.append(row(f"DeepLab trained on {labels} labels", m))
+        rows.append(row(f"DeepLab trained on {labels} labels", m, _inference_note(m)))
     rows.append({"what": "DeepLab pseudo / GT (supervision gap)", "split": gap.get("split", NA), "miou": NA,
                  "ignored": NA, "images": NA,
                  "note": f"ratio {fmt(gap.get('ratio'), digits=3)} = {pct(gap.get('miou_pseudo'))} / "
                          f"{pct(gap.get('miou_gt'))}"})
     return rows
+
+
+def _inference_note(metrics: dict) -> str:
+    """How DeepLab was run on the images (test-time scales and flip change the figure by points)."""
+    scales = metrics.get("scales")
+    if not scales:
+        return ""
+    views = "scale " if len(scales) == 1 else "scales "
+    views += " / ".join(fmt(s, digits=2) for s in sorted(scales))
+    return views + (" + flip" if metrics.get("flip") else ", no flip")
 
 
 def model_rows(config: dict) -> list[dict]:

@@ -11,7 +11,7 @@ import pytest
 
 from locseg import viz
 from locseg.fsutil import write_json
-from locseg.report import benchmark_rows, fmt, rule_devices, write_report
+from locseg.report import benchmark_rows, fmt, result_rows, rule_devices, write_report
 from locseg.config import config_hash
 from tests.conftest import CLASSES
 
@@ -86,6 +86,17 @@ def test_report_html_is_self_contained_and_complete(run_dir):
     for pkg in ("python", "torch", "locseg", "snakemake"):
         assert f"<td>{pkg}</td>" in html
     assert "<td>train</td>" in html and "<td>val</td>" in html
+
+
+def test_deeplab_rows_say_how_deeplab_was_run():
+    # Test-time scales and flip move the DeepLab figures by points: the row must say which were used.
+    deeplab = {"pseudo": _metrics(0.5, "val", scales=[1.0], flip=False),
+               "gt": _metrics(0.7, "val", scales=[1.25, 0.75, 1.0], flip=True),
+               "old": _metrics(0.6, "val")}  # a JSON from before the keys existed
+    rows = {r["what"]: r["note"] for r in result_rows({}, {}, deeplab, {})}
+    assert rows["DeepLab trained on pseudo labels"] == "scale 1.00, no flip"
+    assert rows["DeepLab trained on gt labels"] == "scales 0.75 / 1.00 / 1.25 + flip"
+    assert rows["DeepLab trained on old labels"] == ""
 
 
 def test_report_benchmarks(run_dir):
