@@ -100,6 +100,21 @@ def test_predict_shape(tiny, ckpt, scales, flip):
     assert pred.max() < K
 
 
+def test_predict_averages_the_views_probabilities():
+    # Each scale's view votes with its class probabilities: the full-size view says [0.6, 0.4, 0], the half-size
+    # one [0, 0.4, 0.6], so their mean [0.3, 0.4, 0.3] picks class 1, which neither view picks alone.
+    views = {16: [0.6, 0.4, 0.0], 8: [0.0, 0.4, 0.6]}
+
+    def model(x):
+        p = torch.tensor(views[x.shape[-2]]).clamp_min(1e-9).log()
+        return {"out": p.view(1, 3, 1, 1).expand(1, 3, *x.shape[-2:])}
+
+    image = np.zeros((16, 12, 3), np.uint8)
+    assert (predict(model, image, CPU, scales=(1.0,)) == 0).all()
+    assert (predict(model, image, CPU, scales=(0.5,)) == 2).all()
+    assert (predict(model, image, CPU, scales=(1.0, 0.5)) == 1).all()
+
+
 def test_predict_odd_size_and_flip_symmetry():
     torch.manual_seed(0)
     model = build_deeplab(K).eval()
