@@ -43,6 +43,9 @@ def diagnose(config_path, schema_path) -> list[Finding]:
         return gpu_findings("auto", needs_gpu=False) + [(FAIL, f"{config_path}: {p}") for p in problems]
     needs_gpu = any(config[s]["backbone"] != "small" for s in STAGES)
     findings = gpu_findings(config["device"], needs_gpu)
+    gpu_bytes = smallest_gpu_bytes() if config["device"] != "cpu" else None
+    if gpu_bytes:
+        findings += memory_findings(config, gpu_bytes)
     findings += [(FAIL, p) for p in semantic_problems(config)]
     findings += weights_findings(config)
     if not config["demo"]["enabled"]:
@@ -101,6 +104,40 @@ def gpu_findings(device: str, needs_gpu: bool) -> list[Finding]:
         return findings + [(WARN, f"no GPU seen, ResNet stages will train on CPU (days for the paper setting): "
                                   f"{why}")]
     return findings + [(OK, f"no GPU seen, the demo runs on CPU ({why})")]
+
+
+def smallest_gpu_bytes() -> int | None:
+    """Total memory of the smallest GPU torch sees (a job may get any of them), or None without one."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.device_count():
+        return None
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+
+
+def memory_findings(config: dict, gpu_bytes: int) -> list[Finding]:
+    """Each GPU stage's estimated peak (locseg.gpu_memory) at the configured batch sizes against the GPU."""
+    from locseg.gpu_memory import stage_estimates
+
+    findings, largest = [], None
+    for est in stage_estimates(config):
+        need = est.needed_bytes()
+        if largest is None or need > largest.needed_bytes():
+            largest = est
+        if need <= gpu_bytes:
+            continue
+        fits = est.largest_batch(gpu_bytes)
+        where = (f"{est.stage}: a batch of {est.batch} x {est.item} needs about {_gib(need)} of GPU memory, the "
+                 f"GPU has {_gib(gpu_bytes)}")
+        if est.key and fits >= est.minimum:
+            findings.append((WARN, f"{where}: lower {est.key} to {fits} ({_gib(est.needed_bytes(fits))})"))
+        else:
+            findings.append((WARN, f"{where}; a smaller batch does not fit either: lower the size {est.stage} "
+                                   f"runs at (its crop, max_side or scales)"))
+    if not findings:
+        findings.append((OK, f"GPU memory: every stage fits in {_gib(gpu_bytes)} at the configured batch sizes "
+                             f"(largest: {largest.stage}, about {_gib(largest.needed_bytes())})"))
+    return findings
 
 
 # --------------------------------------------------------------------------- weights

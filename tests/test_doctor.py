@@ -46,6 +46,9 @@ def gpu(monkeypatch):
                         lambda i: SimpleNamespace(name="NVIDIA Test GPU", total_memory=80 * 2**30))
     monkeypatch.setattr(torch.version, "cuda", "12.4")
     monkeypatch.setattr(doctor, "_driver_cuda", lambda: "12.4")
+    # With is_available faked, an optimizer step (the GPU-memory estimate's fake one) asks the absent device
+    # whether a CUDA graph is being captured.
+    monkeypatch.setattr(torch.optim.Optimizer, "_accelerator_graph_capture_health_check", lambda self: None)
 
 
 @pytest.fixture
@@ -136,3 +139,30 @@ def test_disk_estimate_blocks_when_too_small(monkeypatch, tmp_path):
     monkeypatch.setattr(doctor.shutil, "disk_usage", lambda p: SimpleNamespace(free=need / 2))
     [(level, text)] = doctor.disk_findings(config, pixels, tmp_path / "results")
     assert level == "FAIL" and f"need about {need / 2**30:.1f} GiB" in text
+
+
+def test_gpu_memory_fits_on_a_large_gpu(config, gpu, imagenet_home, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(imagenet_home[0]))
+    code, lines = _run(capsys, config)
+    assert any(line.startswith("ok    GPU memory: every stage fits in 80.0 GiB") for line in lines), lines
+
+
+def test_too_small_gpu_names_the_batch_to_lower(config, gpu, imagenet_home, monkeypatch, capsys):
+    """A GPU with room for 3 DeepLab crops: doctor warns and names deeplab.batch_size and the value that fits."""
+    from locseg.gpu_memory import stage_estimates
+
+    monkeypatch.setenv("TORCH_HOME", str(imagenet_home[0]))
+    config["deeplab"]["batch_size"] = 64
+    stages = {e.stage: e for e in stage_estimates(config)}
+    small = stages["train_deeplab"].needed_bytes(3) + 2**20  # 3 crops fit, 4 do not
+    assert stages["train_deeplab"].needed_bytes(4) > small
+    assert all(e.needed_bytes() <= small for e in stages.values() if e.stage != "train_deeplab"), \
+        "the test wants exactly one stage too large"
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: SimpleNamespace(name="NVIDIA Small GPU", total_memory=small))
+    code, lines = _run(capsys, config)
+    warns = [line for line in _levels(lines, "warn") if "GPU memory" in line]
+    assert code == 0 and len(warns) == 1, lines
+    assert "train_deeplab: a batch of 64 x crop image needs about" in warns[0]
+    assert warns[0].endswith(f"lower deeplab.batch_size to 3 ({stages['train_deeplab'].needed_bytes(3) / 2**30:.1f} "
+                             f"GiB)")

@@ -47,6 +47,16 @@ SIZES = {
     "tiny": {"train": 12, "val": 6, "coco": 16, "width": (48, 72), "height": (48, 72),
              "objects": (1, 3), "scale": (0.25, 0.5), "head_frac": (0.06, 0.12), "distractors": (0, 1),
              "blobs": (1, 4), "tortoise_prob": 0.1, "crowd_prob": 0.25},
+    # The real datasets' image sizes (VOC's and COCO's commonest), cycled per image: a handful of images for
+    # running the paper config's real models on CPU (tests/workflow/test_paper_realsize.py). Images 8 and 9
+    # share a canvas with images 0 and 1 (384x512, 512x384) at other sizes: with 8 shards (round-robin) they
+    # meet in one shard, so a batch mixes sizes.
+    "real": {"train": 10, "val": 4, "coco": 4, "width": None, "height": None,
+             "voc_sizes": ((500, 375), (375, 500), (500, 281), (333, 500), (500, 400), (486, 500), (500, 334),
+                           (500, 500), (500, 333), (334, 500)),
+             "coco_sizes": ((640, 480), (480, 640), (640, 427), (427, 640)),
+             "objects": (1, 3), "scale": (0.25, 0.5), "head_frac": (0.08, 0.15), "distractors": (0, 1),
+             "blobs": (2, 6), "tortoise_prob": 0.1, "crowd_prob": 0.25},
 }
 JPEG_QUALITY = 90
 # Bumped whenever the generator draws differently, so Snakemake (a param of rule demo_data) regenerates.
@@ -67,7 +77,8 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "default") -
             ids = []
             for i in range(count):
                 image_id = f"demo_{start + i:06d}"
-                scene = _scene(_rng(seed, stream, i), cfg, first_class=1 + i % (len(DEMO_CLASSES) - 1))
+                scene = _scene(_rng(seed, stream, i), cfg, first_class=1 + i % (len(DEMO_CLASSES) - 1),
+                               size=_fixed_size(cfg, "voc_sizes", start + i))
                 _save_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", scene["image"])
                 write_mask(voc / "SegmentationClass" / f"{image_id}.png", scene["label"])
                 ids.append(image_id)
@@ -92,7 +103,8 @@ def _write_coco(coco: Path, seed: int, cfg: dict) -> None:
         # Every 9th image holds only the unmapped kind, so a loader must filter images by mapped categories.
         only_tortoise = i % 9 == 8
         first = _TORTOISE if only_tortoise else 1 + (i - i // 9) % n_classes
-        scene = _scene(rng, cfg, first_class=first, only_tortoise=only_tortoise, crowd=True)
+        scene = _scene(rng, cfg, first_class=first, only_tortoise=only_tortoise, crowd=True,
+                       size=_fixed_size(cfg, "coco_sizes", i))
         image_id = i + 1
         file_name = f"{image_id:012d}.jpg"
         _save_jpeg(coco / "images" / file_name, scene["image"])
@@ -123,6 +135,12 @@ def _write_coco(coco: Path, seed: int, cfg: dict) -> None:
     })
 
 
+def _fixed_size(cfg: dict, key: str, index: int) -> tuple[int, int] | None:
+    """(width, height) of image `index` where the preset lists sizes, else None (drawn from its ranges)."""
+    sizes = cfg.get(key)
+    return tuple(sizes[index % len(sizes)]) if sizes else None
+
+
 def _inside(polygons: list[list[float]], h: int, w: int) -> bool:
     return all(0 <= x <= w and 0 <= y <= h for poly in polygons for x, y in zip(poly[0::2], poly[1::2]))
 
@@ -145,10 +163,14 @@ def _save_jpeg(path: Path, image: np.ndarray) -> None:
 # ---------------------------------------------------------------- scene ----
 
 def _scene(rng: np.random.Generator, cfg: dict, first_class: int, only_tortoise: bool = False,
-           crowd: bool = False) -> dict:
-    """One image: background clutter, then objects back to front; label = the visible part of each object."""
-    w = int(rng.integers(cfg["width"][0], cfg["width"][1] + 1))
-    h = int(rng.integers(cfg["height"][0], cfg["height"][1] + 1))
+           crowd: bool = False, size: tuple[int, int] | None = None) -> dict:
+    """One image: background clutter, then objects back to front; label = the visible part of each object.
+    `size` (width, height) fixes the image size; by default it is drawn from the preset's ranges."""
+    if size is None:
+        w = int(rng.integers(cfg["width"][0], cfg["width"][1] + 1))
+        h = int(rng.integers(cfg["height"][0], cfg["height"][1] + 1))
+    else:
+        w, h = size
     side = min(h, w)
     canvas = _background(rng, h, w)
     for _ in range(int(rng.integers(cfg["distractors"][0], cfg["distractors"][1] + 1))):

@@ -1,17 +1,12 @@
-"""The paper's config (config/voc12_coco.yaml, used alone) on a tiny tree laid out and named like the real data.
-
-The raw material is the tiny demo set, rewritten into VOCdevkit/VOC2012 (SegmentationClassAug, train_aug /
-train / val lists, VOC ids like 2007_000032, 4 of the 21 VOC class indices) and COCO train2017 (real category
-ids and names, 12-digit file names, non-contiguous image ids). Only the model sizes, epochs and paths are
-overridden: splits, class list, category map, thresholds and the rest come from the real config.
+"""The paper's config (config/voc12_coco.yaml, used alone) on a tiny tree laid out and named like the real data
+(tests/workflow/paper_tree.py, from the tiny demo). Only the model sizes, epochs and paths are overridden: splits,
+class list, category map, thresholds and the rest come from the real config. The real models at real image
+sizes run in test_paper_realsize.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,72 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from locseg.data.demo import generate
-from locseg.data.voc import VOC_CLASSES, write_mask
+from locseg.data.voc import VOC_CLASSES
 from tests.workflow.conftest import REPO
+from tests.workflow.paper_tree import OFFLINE, build_tree, data_paths, run_snakemake
 
 pytestmark = [pytest.mark.slow]
-
-# demo class index -> VOC class index: ant -> aeroplane, bat -> cat, cow -> dog, elk -> person
-CLASS_MAP = {0: 0, 1: 1, 2: 8, 3: 12, 4: 15, 255: 255}
-# demo COCO category name -> (real COCO id, real COCO name); both demo "cow" categories become dog
-COCO_RENAME = {"formicid": (5, "airplane"), "chiropteran": (17, "cat"), "bull": (18, "dog"),
-               "heifer": (18, "dog"), "cervid": (1, "person"), "tortoise": (24, "zebra")}
-# Every COCO category that config/voc12_coco.yaml maps (real ids), plus the unmapped zebra.
-COCO_CATEGORIES = {1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train",
-                   9: "boat", 16: "bird", 17: "cat", 18: "dog", 19: "horse", 20: "sheep", 21: "cow", 24: "zebra",
-                   44: "bottle", 62: "chair", 63: "couch", 64: "potted plant", 67: "dining table", 72: "tv"}
-N_TRAIN = 8  # train.txt: the first 8 of train_aug (the tiny demo has 12 train images)
-
-
-def _voc_id(i: int) -> str:
-    return f"{2007 + i // 10}_{32 + 7 * i:06d}"
-
-
-def _build_tree(root: Path) -> dict[str, list[str]]:
-    """VOCdevkit/VOC2012 + coco/ under root; returns the split lists written."""
-    demo = root / "demo"
-    generate(demo, seed=0, size="tiny")
-    voc = root / "VOCdevkit" / "VOC2012"
-    for d in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
-        (voc / d).mkdir(parents=True)
-    demo_splits = {s: (demo / f"voc/ImageSets/Segmentation/{s}.txt").read_text().split() for s in ("train", "val")}
-    rename = {d: _voc_id(i) for i, d in enumerate(demo_splits["train"] + demo_splits["val"])}
-    lut = np.full(256, 255, dtype=np.uint8)
-    for src, dst in CLASS_MAP.items():
-        lut[src] = dst
-    for old, new in rename.items():
-        (demo / f"voc/JPEGImages/{old}.jpg").rename(voc / f"JPEGImages/{new}.jpg")
-        with Image.open(demo / f"voc/SegmentationClass/{old}.png") as img:
-            assert img.mode == "P"
-            label = np.asarray(img)
-        assert set(np.unique(label).tolist()) <= set(CLASS_MAP)
-        write_mask(voc / f"SegmentationClassAug/{new}.png", lut[label])
-    splits = {"train_aug": [rename[i] for i in demo_splits["train"]],
-              "val": [rename[i] for i in demo_splits["val"]]}
-    splits["train"] = splits["train_aug"][:N_TRAIN]
-    for name, ids in splits.items():
-        (voc / f"ImageSets/Segmentation/{name}.txt").write_text("".join(f"{i}\n" for i in ids))
-
-    coco = root / "coco"
-    (coco / "train2017").mkdir(parents=True)
-    (coco / "annotations").mkdir()
-    data = json.loads((demo / "coco/annotations/instances_train.json").read_text())
-    old_cats = {c["id"]: c["name"] for c in data["categories"]}
-    new_image_id = {}
-    for k, img in enumerate(data["images"]):
-        new = 9 + 16 * k + k * k  # non-contiguous, like COCO's
-        new_image_id[img["id"]] = new
-        file_name = f"{new:012d}.jpg"
-        (demo / "coco/images" / img["file_name"]).rename(coco / "train2017" / file_name)
-        img.update(id=new, file_name=file_name)
-    for ann in data["annotations"]:
-        ann["category_id"] = COCO_RENAME[old_cats[ann["category_id"]]][0]
-        ann["image_id"] = new_image_id[ann["image_id"]]
-    data["categories"] = [{"id": cid, "name": name, "supercategory": "thing"}
-                          for cid, name in sorted(COCO_CATEGORIES.items())]
-    (coco / "annotations/instances_train2017.json").write_text(json.dumps(data))
-    return splits
 
 
 def _overrides(root: Path) -> dict:
@@ -94,9 +28,7 @@ def _overrides(root: Path) -> dict:
         "device": "cpu",  # the paper config asks for cuda; this machine may have none
         "shards": 2,
         "num_workers": 0,
-        "dataset": {"root": str(root / "VOCdevkit/VOC2012")},
-        "coco": {"image_dir": str(root / "coco/train2017"),
-                 "annotations": str(root / "coco/annotations/instances_train2017.json")},
+        **data_paths(root),
         "cam": {**train, "epochs": 2, "scales": [1.0]},
         "segmenter": {**train, "width": 32},
         "deeplab": dict(train),
@@ -106,22 +38,11 @@ def _overrides(root: Path) -> dict:
     }
 
 
-def _snakemake(workdir: Path, *args: str, configs: list[Path], check: bool = True, env: dict | None = None):
-    # --configfile takes every following word: targets and flags must come before it.
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2", *args,
-           "--configfile", *map(str, configs)]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False,
-                          env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def paper_data(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
     """The tiny real-names tree, built once for this module (runs only read it)."""
     root = tmp_path_factory.mktemp("paper_data")
-    return root, _build_tree(root)
+    return root, build_tree(root)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +54,7 @@ def paper_run(tmp_path_factory, paper_data):
     # The real config is the only base: the Snakefile's own configfile (config/config.yaml, resolved
     # against the working directory) does not exist here, so nothing of the demo config leaks in.
     assert not (workdir / "config").exists()
-    _snakemake(workdir, configs=[REPO / "config/voc12_coco.yaml", override])
+    run_snakemake(workdir, configs=[REPO / "config/voc12_coco.yaml", override])
     return workdir, splits
 
 
@@ -153,9 +74,9 @@ def test_whole_dag_completes(paper_run):
 def test_pseudo_masks_scored_on_train(paper_run):
     workdir, splits = paper_run
     result = _json(workdir, "results/eval/masks_train.json")
-    assert result["split"] == "train" and result["n_images"] == len(splits["train"]) == N_TRAIN
+    assert result["split"] == "train" and result["n_images"] == len(splits["train"]) == 8
     cams = _json(workdir, "results/eval/cams_train.json")
-    assert cams["split"] == "train" and cams["n_images"] == N_TRAIN
+    assert cams["split"] == "train" and cams["n_images"] == 8
 
 
 def test_masks_for_every_train_aug_image(paper_run):
@@ -193,9 +114,6 @@ def test_metrics_use_the_21_voc_classes(paper_run):
 
 # --------------------------------------------------------------------------- weights: imagenet
 
-# Any download goes to a closed local port: a test that tried to reach the internet fails instead.
-OFFLINE = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "no_proxy": "",
-           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
 MODELS = ["results/models/cam.pt", "results/models/segmenter.pt", "results/models/deeplab_gt.pt"]
 
 
@@ -212,7 +130,7 @@ def _resnet_overrides(root: Path) -> dict:
 def _run_models(workdir: Path, data: Path, torch_home: Path, check: bool = True):
     override = workdir / "resnet_models.yaml"
     override.write_text(yaml.safe_dump(_resnet_overrides(data)))
-    return _snakemake(workdir, *MODELS, configs=[REPO / "config/voc12_coco.yaml", override], check=check,
+    return run_snakemake(workdir, *MODELS, configs=[REPO / "config/voc12_coco.yaml", override], check=check,
                       env={"TORCH_HOME": str(torch_home), **OFFLINE})
 
 
