@@ -51,7 +51,7 @@ SIZES = {
     # running the paper config's real models on CPU (tests/workflow/test_paper_realsize.py). Images 8 and 9
     # share a canvas with images 0 and 1 (384x512, 512x384) at other sizes: with 8 shards (round-robin) they
     # meet in one shard, so a batch mixes sizes.
-    "real": {"train": 10, "val": 4, "coco": 4, "width": None, "height": None,
+    "real": {"train": 10, "val": 3, "coco": 4, "width": None, "height": None,
              "voc_sizes": ((500, 375), (375, 500), (500, 281), (333, 500), (500, 400), (486, 500), (500, 334),
                            (500, 500), (500, 333), (334, 500)),
              "coco_sizes": ((640, 480), (480, 640), (640, 427), (427, 640)),

@@ -40,9 +40,9 @@ def voc_id(i: int) -> str:
     return f"{2007 + i // 10}_{32 + 7 * i:06d}"
 
 
-def build_tree(root: Path, size: str = "tiny") -> dict[str, list[str]]:
-    """VOCdevkit/VOC2012 + coco/ under root; returns the split lists written (train = the first 2/3 of
-    train_aug, as VOC's train is a part of SBD's train_aug)."""
+def build_tree(root: Path, size: str = "tiny", n_train: int | None = None) -> dict[str, list[str]]:
+    """VOCdevkit/VOC2012 + coco/ under root; returns the split lists written. train is the first `n_train`
+    (default 2/3) of train_aug, as VOC's train is a part of SBD's train_aug."""
     demo = root / "demo"
     generate(demo, seed=0, size=size)
     voc = root / "VOCdevkit" / "VOC2012"
@@ -62,7 +62,7 @@ def build_tree(root: Path, size: str = "tiny") -> dict[str, list[str]]:
         write_mask(voc / f"SegmentationClassAug/{new}.png", lut[label])
     splits = {"train_aug": [rename[i] for i in demo_splits["train"]],
               "val": [rename[i] for i in demo_splits["val"]]}
-    splits["train"] = splits["train_aug"][:len(splits["train_aug"]) * 2 // 3]
+    splits["train"] = splits["train_aug"][:n_train or len(splits["train_aug"]) * 2 // 3]
     for name, ids in splits.items():
         (voc / f"ImageSets/Segmentation/{name}.txt").write_text("".join(f"{i}\n" for i in ids))
 

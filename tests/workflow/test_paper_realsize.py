@@ -40,7 +40,7 @@ def _overrides(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("real_tree")
-    splits = build_tree(root, size="real")
+    splits = build_tree(root, size="real", n_train=3)  # train is re-extracted and resegmented: keep it short
     workdir = tmp_path_factory.mktemp("real_run")
     override = workdir / "cpu_overrides.yaml"
     override.write_text(yaml.safe_dump(_overrides(root)))
