@@ -34,10 +34,19 @@ rule train_segmenter:
         "../scripts/train_segmenter.py"
 
 
+def segmenter_model():
+    """resegment's model: the trained segmenter, or with `kind: sam` a local SAM checkpoint or the note of
+    fetch_weights on the cached release (so train_segmenter is not in a SAM run's DAG)."""
+    seg = config["segmenter"]
+    if seg["kind"] == "learned":
+        return rules.train_segmenter.output.model
+    return seg["sam"]["checkpoint"] or f"{RESULTS}/weights/{SAM_PREFIX}{seg['sam']['model']}.json"
+
+
 rule resegment:
-    """Every present class of every image through the segmenter, `rounds` times, one shard."""
+    """Every present class of every image through the segmenter (or SAM), `rounds` times, one shard."""
     input:
-        model=rules.train_segmenter.output.model,
+        model=segmenter_model(),
         cams=rules.extract_cams.output.store,
         split=lambda wc: split_file(wc.split),
     output:
@@ -45,6 +54,7 @@ rule resegment:
     params:
         classes=config["classes"],
         reseg=pick("reseg", "rounds", "flip", "keep_rounds", "max_side"),
+        sam=config["segmenter"]["sam"] if config["segmenter"]["kind"] == "sam" else None,
         canvas=config["inference"]["canvas"],  # changes the maps; the rest of `inference` is speed only
         data=lambda wc: data_version(wc.split, "images"),
         code=code_version("resegment"),
