@@ -136,3 +136,28 @@ def test_disk_estimate_blocks_when_too_small(monkeypatch, tmp_path):
     monkeypatch.setattr(doctor.shutil, "disk_usage", lambda p: SimpleNamespace(free=need / 2))
     [(level, text)] = doctor.disk_findings(config, pixels, tmp_path / "results")
     assert level == "FAIL" and f"need about {need / 2**30:.1f} GiB" in text
+
+
+def test_sam_checkpoint_missing_wrong_and_right(config, gpu, imagenet_home, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("segment_anything")
+    from locseg import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(imagenet_home[0]))
+    config["segmenter"]["kind"] = "sam"
+    path = weights.sam_file("vit_b")
+    code, lines = _run(capsys, config)
+    warn = [x for x in _levels(lines, "warn") if "segmenter.sam" in x]
+    assert code == 0 and len(warn) == 1 and weights.SAM_CHECKPOINTS["vit_b"][0] in warn[0]
+    assert warn[0].endswith(f"place it at {path}")
+    path.write_bytes(b"not the release")
+    try:
+        code, lines = _run(capsys, config)
+        assert code == 1 and any(str(path) in x and "SHA-256" in x for x in _levels(lines, "FAIL"))
+        import hashlib
+
+        monkeypatch.setitem(weights.SAM_CHECKPOINTS, "vit_b", (weights.SAM_CHECKPOINTS["vit_b"][0],
+                                                               hashlib.sha256(b"not the release").hexdigest()))
+        code, lines = _run(capsys, config)
+        assert code == 0 and any("SHA-256 as released" in x for x in _levels(lines, "ok"))
+    finally:
+        path.unlink()
