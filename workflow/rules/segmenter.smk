@@ -34,15 +34,6 @@ rule train_segmenter:
         "../scripts/train_segmenter.py"
 
 
-def segmenter_model():
-    """resegment's model: the trained segmenter, or with `kind: sam` a local SAM checkpoint or the note of
-    fetch_weights on the cached release (so train_segmenter is not in a SAM run's DAG)."""
-    seg = config["segmenter"]
-    if seg["kind"] == "learned":
-        return rules.train_segmenter.output.model
-    return seg["sam"]["checkpoint"] or f"{RESULTS}/weights/{SAM_PREFIX}{seg['sam']['model']}.json"
-
-
 rule resegment:
     """Every present class of every image through the segmenter (or SAM), `rounds` times, one shard."""
     input:
