@@ -1,4 +1,5 @@
-"""`locseg`: look into stores, look at one image, convert IRN/SEAM CAMs, check a dataset or a machine before a run.
+"""`locseg`: look into stores, look at one image, convert IRN/SEAM CAMs, check a dataset or a machine before a run,
+compare two runs.
 
 Expected failures (a missing file, a bad store, a wrong id) end with one line on stderr and exit code 1;
 usage errors exit 2 (argparse). Tracebacks are kept for real bugs.
@@ -222,6 +223,16 @@ def cmd_doctor(args) -> int:
     return 1 if any(level == FAIL for level, _ in findings) else 0
 
 
+# --------------------------------------------------------------------------- compare
+
+
+def cmd_compare(args) -> int:
+    from locseg.report import compare_reports
+
+    print(compare_reports(args.run_a, args.run_b), end="")
+    return 0
+
+
 # --------------------------------------------------------------------------- init-config
 
 
@@ -305,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(ok / warn / FAIL). Exit 1 if anything would stop the run.")
     s.add_argument("--configfile", default=DEFAULT_CONFIG, help="config to check (default: %(default)s)")
     s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("compare", help="the Numbers tables of two runs next to each other",
+                       description="Read RUN/report.md of two runs (e.g. the learned segmenter and SAM on the same "
+                                   "CAMs, two outdirs) and print their Numbers tables side by side, row by row.")
+    s.add_argument("run_a", metavar="RUN_A", help="outdir of the first run")
+    s.add_argument("run_b", metavar="RUN_B", help="outdir of the second run")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("init-config", help="a complete, commented config for your own VOC + COCO data",
                        description="Read a VOC-layout tree and a COCO-layout annotation file and write a complete "

@@ -7,6 +7,7 @@ The schema requires every key and holds no defaults: config/config.yaml is the o
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def semantic_problems(config: dict) -> list[str]:
     if seg["passes"] == 1 and "prediction" in seg["second_cues"]:
         problems.append("segmenter.second_cues: with passes: 1 there is no first pass whose prediction could be "
                         "a cue; use [perturbed_mask]")
+    problems += _sam_problems(seg)
     if cam["source"] == "import":
         if not cam["import_dir"]:
             problems.append("cam.import_dir: cam.source 'import' needs a directory of .npy CAMs")
@@ -108,6 +110,19 @@ def semantic_problems(config: dict) -> list[str]:
         problems += _demo_problems(config)
     else:
         problems += _missing_paths(config)
+    return problems
+
+
+def _sam_problems(seg: dict) -> list[str]:
+    """`kind: sam` needs the optional package, and a local checkpoint that exists (in demo runs too)."""
+    if seg["kind"] != "sam":
+        return []
+    problems = []
+    if importlib.util.find_spec("segment_anything") is None:
+        problems.append("segmenter.kind: 'sam' needs the segment-anything package: pip install -e \".[sam]\"")
+    checkpoint = seg["sam"]["checkpoint"]
+    if checkpoint and not Path(checkpoint).is_file():
+        problems.append(f"segmenter.sam.checkpoint: path {checkpoint} does not exist")
     return problems
 
 

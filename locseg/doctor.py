@@ -48,6 +48,7 @@ def diagnose(config_path, schema_path) -> list[Finding]:
         findings += memory_findings(config, gpu_bytes)
     findings += [(FAIL, p) for p in semantic_problems(config)]
     findings += weights_findings(config)
+    findings += sam_findings(config)
     if not config["demo"]["enabled"]:
         findings += dataset_findings(config)
     return findings
@@ -159,6 +160,32 @@ def weights_findings(config: dict) -> list[Finding]:
             findings.append((WARN, f"{stage}.weights: null: {backbone} is trained from scratch (far below "
                                    f"published results; set weights: imagenet)"))
     return findings
+
+
+def sam_findings(config: dict) -> list[Finding]:
+    """`segmenter.kind: sam`: the optional package, and the checkpoint (a cached release is hash-checked)."""
+    import importlib.util
+
+    from locseg.weights import SAM_CHECKPOINTS, sam_file, sam_hash_problem
+
+    sam = config["segmenter"]["sam"]
+    if config["segmenter"]["kind"] != "sam":
+        return []
+    findings = []
+    if importlib.util.find_spec("segment_anything") is None:
+        findings.append((FAIL, "segmenter.kind: sam needs the segment-anything package: pip install -e \".[sam]\""))
+    if sam["checkpoint"]:
+        path = Path(sam["checkpoint"])
+        ok = path.is_file()
+        return findings + [(OK if ok else FAIL, f"segmenter.sam.checkpoint: {path} {'found' if ok else 'not found'}")]
+    path = sam_file(sam["model"])
+    if not path.is_file():
+        return findings + [(WARN, f"segmenter.sam: {path.name} not in the torch cache: `snakemake --cores 1 --until "
+                                  f"fetch_weights` downloads it (needs internet); offline, download "
+                                  f"{SAM_CHECKPOINTS[sam['model']][0]} elsewhere and place it at {path}")]
+    problem = sam_hash_problem(sam["model"], path)
+    return findings + [(FAIL, problem) if problem else
+                       (OK, f"segmenter.sam: SAM {sam['model']} checkpoint cached at {path}, SHA-256 as released")]
 
 
 # --------------------------------------------------------------------------- dataset and disk

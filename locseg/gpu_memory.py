@@ -172,7 +172,8 @@ def _run_size(hw: tuple[int, int], canvas_on: bool, max_side: int | None, scale:
 def stage_estimates(config: dict, voc_hw=VOC_HW, coco_hw=COCO_HW, bf16: bool = True) -> list[StageMemory]:
     """Peak memory per batch of every GPU stage of `config` (a validated locseg config) on images of
     `voc_hw` (VOC splits) and `coco_hw` (the COCO split, the larger), under bf16 autocast (what CUDA runs)
-    or in fp32. Remembered per config within a process (a ResNet-101 config takes seconds)."""
+    or in fp32; the learned segmenter's two stages only where segmenter.kind is learned (SAM is not traced).
+    Remembered per config within a process (a ResNet-101 config takes seconds)."""
     relevant = {key: config[key] for key in ("classes", "cam", "segmenter", "reseg", "inference", "deeplab")}
     return list(_cached_estimates(json.dumps(relevant, sort_keys=True), tuple(voc_hw), tuple(coco_hw), bf16))
 
@@ -187,15 +188,12 @@ def _estimates(config, voc_hw, coco_hw, bf16) -> list[StageMemory]:
     from locseg.cam import _bce
     from locseg.models.cam import CamNet
     from locseg.models.deeplab import build_deeplab
-    from locseg.models.segmenter import Segmenter
-    from locseg.reseg import segmenter_loss
     from locseg.retrain import _cross_entropy
 
     cam, seg, dl = config["cam"], config["segmenter"], config["deeplab"]
     n_fg = len(config["classes"]) - 1
     canvas_on, infer_batch = config["inference"]["canvas"], config["inference"]["batch_size"]
     cam_net = CamNet(n_fg, cam["backbone"], cam["output_stride"])
-    segmenter = Segmenter(seg["backbone"], seg["output_stride"], None, seg["width"])
     deeplab = build_deeplab(n_fg + 1, dl["backbone"])
     estimates = []
 
@@ -218,6 +216,32 @@ def _estimates(config, voc_hw, coco_hw, bf16) -> list[StageMemory]:
                              f"image ({w}x{h} run size at scale {max(cam['scales']):g}, {views} view(s))",
                              _inference(cam_net, cam_call, lambda b: [_input(views * b, 3, h, w)], bf16)))
 
+    if seg["kind"] == "learned":  # SAM (segmenter.kind: sam) is not traced: it trains nothing here
+        estimates += _segmenter_estimates(config, voc_hw, canvas_on, infer_batch, bf16)
+
+    c = dl["crop"]
+    estimates.append(_linear("train_deeplab", "deeplab.batch_size", dl["batch_size"], "crop image", _training(
+        deeplab, _cross_entropy, dl["optimizer"],
+        lambda b: [_input(b, 3, c, c), torch.zeros(b, c, c, dtype=torch.long)], bf16),
+        minimum=2))
+
+    h, w = (round(s * max(dl["eval_scales"])) for s in voc_hw)
+    views = 2 if dl["eval_flip"] else 1
+    estimates.append(_linear("evaluate_deeplab", None, 1,
+                             f"image ({w}x{h} at scale {max(dl['eval_scales']):g})",
+                             _inference(deeplab, lambda m, batch: m(batch[0]),
+                                        lambda b: [_input(views * b, 3, h, w)], bf16)))
+    return estimates
+
+
+def _segmenter_estimates(config, voc_hw, canvas_on, infer_batch, bf16) -> list[StageMemory]:
+    """train_segmenter and resegment of the learned segmenter (segmenter.kind: learned)."""
+    from locseg.models.segmenter import Segmenter
+    from locseg.reseg import segmenter_loss
+
+    seg = config["segmenter"]
+    segmenter = Segmenter(seg["backbone"], seg["output_stride"], None, seg["width"])
+    estimates = []
     c = seg["crop"]
     two_pass = seg["passes"] == 2 and bool(seg["second_cues"])
 
@@ -248,17 +272,4 @@ def _estimates(config, voc_hw, coco_hw, bf16) -> list[StageMemory]:
     estimates.append(_linear("resegment", "inference.batch_size", infer_batch,
                              f"image ({w}x{h}, {CLASSES_PER_IMAGE} classes, {rounds} rounds)",
                              _inference(segmenter, reseg_call, pairs, bf16)))
-
-    c = dl["crop"]
-    estimates.append(_linear("train_deeplab", "deeplab.batch_size", dl["batch_size"], "crop image", _training(
-        deeplab, _cross_entropy, dl["optimizer"],
-        lambda b: [_input(b, 3, c, c), torch.zeros(b, c, c, dtype=torch.long)], bf16),
-        minimum=2))
-
-    h, w = (round(s * max(dl["eval_scales"])) for s in voc_hw)
-    views = 2 if dl["eval_flip"] else 1
-    estimates.append(_linear("evaluate_deeplab", None, 1,
-                             f"image ({w}x{h} at scale {max(dl['eval_scales']):g})",
-                             _inference(deeplab, lambda m, batch: m(batch[0]),
-                                        lambda b: [_input(views * b, 3, h, w)], bf16)))
     return estimates

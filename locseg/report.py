@@ -113,8 +113,28 @@ def model_rows(config: dict) -> list[dict]:
         init = describe_init(section["backbone"], section.get("weights"))
         if stage == "cam" and section.get("source") == "weights":
             init = f"released weights {section['weights']}, not trained"
+        if stage == "segmenter" and section.get("kind") == "sam":
+            rows.append({"model": "segmenter: Segment Anything", "backbone": section["sam"]["model"],
+                         "init": _sam_init(section["sam"])})
+            continue
         rows.append({"model": what, "backbone": section["backbone"], "init": init})
     return rows
+
+
+def segmenter_name(config: dict) -> str:
+    """Which segmenter made the pseudo masks, in words (the report's headline)."""
+    seg = config.get("segmenter", {})
+    if seg.get("kind") != "sam":
+        return "the learned segmenter"
+    sam = seg["sam"]
+    return f"Segment Anything ({sam['model']}, prompts {' + '.join(sam['prompts'])})"
+
+
+def _sam_init(sam: dict) -> str:
+    from locseg.weights import sam_file
+
+    where = f"local checkpoint {sam['checkpoint']}" if sam["checkpoint"] else f"released {sam_file(sam['model']).name}"
+    return f"{where}, not trained; prompts {' + '.join(sam['prompts'])} from the CAMs"
 
 
 def _per_rule_files(root: Path, ext: str):
@@ -240,7 +260,8 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
     config_yaml = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
     meta = {"config hash": chash, "seed": str(config.get("seed", NA)), **vers}
     title = "locseg report"
-    headline = (f"pseudo masks {pct(masks.get('miou'))} mIoU on {masks.get('split', NA)}; DeepLab on pseudo labels "
+    headline = (f"pseudo masks by {segmenter_name(config)}: {pct(masks.get('miou'))} mIoU on {masks.get('split', NA)}; "
+                f"DeepLab on pseudo labels "
                 f"reaches {fmt(gap.get('ratio'), digits=3)} of the GT-trained model on {gap.get('split', NA)}")
 
     e = html.escape
@@ -278,3 +299,43 @@ def write_report(html_path, md_path, *, cams_json, masks_json, deeplab_jsons: di
     with atomic_path(md_path) as tmp:
         tmp.write_text("\n".join(md), encoding="utf-8")
     return {"results": results, "models": models, "benchmarks": bench, "config_hash": chash, "versions": vers}
+
+
+# --------------------------------------------------------------------------- two runs side by side
+
+
+def read_numbers(md_path) -> tuple[str, list[dict]]:
+    """The headline and the Numbers rows (by _RESULT_COLS' keys) of a report.md that write_report wrote."""
+    path = Path(md_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no report (run the workflow to its report first)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        start = lines.index("## Numbers")
+    except ValueError:
+        raise ValueError(f"{path}: no '## Numbers' section: not a locseg report") from None
+    headline = next((x for x in lines[1:start] if x.strip()), "")
+    end = next((i for i, x in enumerate(lines[start + 1:]) if x.startswith("## ")), len(lines))
+    table = [x for x in lines[start + 1:start + 1 + end] if x.startswith("|")][2:]  # after header and rule
+    rows = []
+    for line in table:
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        rows.append(dict(zip(_RESULT_COLS[1], cells)))
+    return headline, rows
+
+
+def compare_reports(run_a, run_b) -> str:
+    """Markdown: the Numbers tables of two runs (their `outdir`s) next to each other, row by row (figure and
+    split); a row only one run has shows n/a for the other."""
+    (head_a, rows_a), (head_b, rows_b) = (read_numbers(Path(r) / "report.md") for r in (run_a, run_b))
+    by_b = {(r["what"], r["split"]): r for r in rows_b}
+    keys = [(r["what"], r["split"]) for r in rows_a]
+    keys += [k for k in by_b if k not in set(keys)]
+    by_a = {(r["what"], r["split"]): r for r in rows_a}
+    none = {"miou": NA, "note": ""}
+    rows = [{"what": what, "split": split, "a": by_a.get((what, split), none)["miou"],
+             "b": by_b.get((what, split), none)["miou"], "note_a": by_a.get((what, split), none)["note"],
+             "note_b": by_b.get((what, split), none)["note"]} for what, split in keys]
+    table = _md_table(["figure", "split", "A mIoU (%)", "B mIoU (%)", "A note", "B note"],
+                      ["what", "split", "a", "b", "note_a", "note_b"], rows)
+    return f"A: {run_a}: {head_a}\nB: {run_b}: {head_b}\n\n{table}\n"

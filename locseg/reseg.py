@@ -18,6 +18,7 @@ from locseg.store import ShardedStore, StoreWriter, file_sha256
 from locseg.checkpoints import load_checkpoint, save_checkpoint
 from locseg.devices import pick_device
 from locseg.runtime import prepare_model, seed_everything
+from locseg.sam import sam_resegmenter
 from locseg.train import fit
 from locseg.weights import describe_init, warn_if_scratch
 
@@ -326,9 +327,14 @@ def resegment(
     canvas: bool = False,
     batch_size: int = 1, workers: int = 0, compile: bool = False,  # speed only (config `inference`)
     bf16: bool | None = None, channels_last: bool | None = None,  # None: on for CUDA
+    sam: dict | None = None,
 ) -> dict:
     """One prob store per CAM shard: `maps` = the last round; `rounds` [R,k,H,W] when keep_rounds. Images
     run in `size_order`. Returns (and logs) the images per forward pass.
+
+    `sam` (config `segmenter.sam`, for `segmenter.kind: sam`): `checkpoint` is a SAM checkpoint and SAM
+    makes the probabilities (locseg/sam.py); flip, max_side and compile are then not used. None: the
+    learned segmenter of `checkpoint`.
 
     batch_size / workers / compile (config `inference`) change speed, never which maps are written (see
     locseg/batching.py): images of one size share a forward pass, workers decode images and read CAMs
@@ -340,12 +346,16 @@ def resegment(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = pick_device(device)
     compute = Compute.on(dev, bf16, channels_last, canvas)
-    model, feedback = load_segmenter(checkpoint, class_names, dev)
-    model = compute.prepare(model)
-    log.info("resegment: %d rounds (feedback %s, flip %s) on %s (bf16 %s), batch_size %d, workers %d", rounds,
-             feedback, flip, dev, compute.bf16, batch_size, workers)
-    run = maybe_compile(model, dev, compile)
     keep = keep_rounds and rounds > 1
+    if sam is None:
+        model, feedback = load_segmenter(checkpoint, class_names, dev)
+        model = compute.prepare(model)
+        log.info("resegment: %d rounds (feedback %s, flip %s) on %s (bf16 %s), batch_size %d, workers %d", rounds,
+                 feedback, flip, dev, compute.bf16, batch_size, workers)
+        infer = partial(resegment_batch, maybe_compile(model, dev, compile), rounds=rounds, compute=compute,
+                        keep_rounds=keep, max_side=max_side, feedback=feedback, flip=flip)
+    else:
+        infer = sam_resegmenter(checkpoint, compute, sam, rounds=rounds, keep_rounds=keep)
     with ShardedStore([cam_store_path], kind="cam", class_names=class_names) as cams:
         missing = [i for i in cams.ids if i not in image_paths]
         if missing:
@@ -353,10 +363,8 @@ def resegment(
         ids = [cams.ids[j] for j in size_order([image_size(image_paths[i]) for i in cams.ids], canvas)]
         store = partial(StoreWriter, out_path, "prob", class_names, scales=cams.attrs["scales"],
                         model_sha256=file_sha256(checkpoint), config=config, expected=len(ids), rounds=rounds)
-        passes = run_stage(_ResegItems(cams, image_paths, ids), store,
-                           partial(resegment_batch, run, rounds=rounds, compute=compute, keep_rounds=keep,
-                                   max_side=max_side, feedback=feedback, flip=flip),
-                           compute, batch_size=batch_size, workers=workers, desc=f"resegment {Path(out_path).name}",
+        passes = run_stage(_ResegItems(cams, image_paths, ids), store, infer, compute, batch_size=batch_size,
+                           workers=workers, desc=f"resegment {Path(out_path).name}",
                            to_write=lambda p: (p[-1], {"rounds": p} if keep else None))
     log.info("resegment %s: %s, batch_size %d", Path(out_path).name, passes.describe(), batch_size)
     return passes.summary()

@@ -88,3 +88,21 @@ def small_fs():
     yield mount
     for directory in reversed(mounted):
         subprocess.run(["umount", str(directory)], check=True)
+
+
+# A Segment Anything of the released architecture's shape rules at a fraction of the size: 64 px input,
+# 16 px patches (a 4 x 4 embedding, 16 x 16 mask logits), 2 blocks of 2 heads, the last one global.
+TINY_SAM = dict(img_size=64, patch_size=16, window_size=2, prompt_dim=32, decoder_mlp_dim=64, iou_hidden_dim=32,
+                embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_file(tmp_path_factory):
+    """A randomly initialised tiny SAM (seed 0) saved as a local checkpoint (locseg.sam.save_sam)."""
+    pytest.importorskip("segment_anything")
+    from locseg.sam import build_sam, save_sam
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sam") / "tiny_sam.pt"
+    save_sam(build_sam(TINY_SAM), TINY_SAM, path)
+    return path

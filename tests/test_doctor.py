@@ -166,3 +166,28 @@ def test_too_small_gpu_names_the_batch_to_lower(config, gpu, imagenet_home, monk
     assert "train_deeplab: a batch of 64 x crop image needs about" in warns[0]
     assert warns[0].endswith(f"lower deeplab.batch_size to 3 ({stages['train_deeplab'].needed_bytes(3) / 2**30:.1f} "
                              f"GiB)")
+
+
+def test_sam_checkpoint_missing_wrong_and_right(config, gpu, imagenet_home, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("segment_anything")
+    from locseg import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(imagenet_home[0]))
+    config["segmenter"]["kind"] = "sam"
+    path = weights.sam_file("vit_b")
+    code, lines = _run(capsys, config)
+    warn = [x for x in _levels(lines, "warn") if "segmenter.sam" in x]
+    assert code == 0 and len(warn) == 1 and weights.SAM_CHECKPOINTS["vit_b"][0] in warn[0]
+    assert warn[0].endswith(f"place it at {path}")
+    path.write_bytes(b"not the release")
+    try:
+        code, lines = _run(capsys, config)
+        assert code == 1 and any(str(path) in x and "SHA-256" in x for x in _levels(lines, "FAIL"))
+        import hashlib
+
+        monkeypatch.setitem(weights.SAM_CHECKPOINTS, "vit_b", (weights.SAM_CHECKPOINTS["vit_b"][0],
+                                                               hashlib.sha256(b"not the release").hexdigest()))
+        code, lines = _run(capsys, config)
+        assert code == 0 and any("SHA-256 as released" in x for x in _levels(lines, "ok"))
+    finally:
+        path.unlink()

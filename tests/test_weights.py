@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,77 @@ def test_resnet_from_scratch_warns(tiny, tmp_path, caplog):
 def test_describe_init():
     assert weights.describe_init("small", None) == "random initialisation (demo backbone)"
     assert weights.describe_init("resnet50", "/w/r50.pth") == "weights file /w/r50.pth"
+
+
+# --------------------------------------------------------------------------- Segment Anything checkpoints
+
+
+SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+
+
+def test_sam_file_names_are_the_release_names(empty_cache):
+    assert weights.sam_file("vit_b") == empty_cache / "sam_vit_b_01ec64.pth"
+    assert weights.sam_file("vit_h").name == "sam_vit_h_4b8939.pth"
+    assert weights.SAM_CHECKPOINTS["vit_l"][0].endswith("/sam_vit_l_0b3195.pth")
+    with pytest.raises(ValueError, match="'vit_t'"):
+        weights.sam_file("vit_t")
+
+
+def test_missing_sam_checkpoint_names_file_url_and_path(empty_cache, offline):
+    with pytest.raises(FileNotFoundError) as err:
+        weights.sam_checkpoint("vit_b")
+    msg = str(err.value)
+    assert msg.startswith("sam_vit_b_01ec64.pth:") and SAM_URL in msg
+    assert f"place it at {empty_cache / 'sam_vit_b_01ec64.pth'}" in msg
+    assert offline == [], "resegment must never download"
+
+
+def test_fetch_sam_offline_names_file_url_and_path(empty_cache, offline):
+    with pytest.raises(RuntimeError) as err:
+        weights.fetch("sam_vit_b")  # the name rule fetch_weights passes
+    msg = str(err.value)
+    assert offline == [SAM_URL]
+    assert "name resolution" in msg and SAM_URL in msg and f"place it at {empty_cache / 'sam_vit_b_01ec64.pth'}" in msg
+    assert not empty_cache.exists() or not any(empty_cache.iterdir()), "no partial file may stay"
+
+
+def _plant(path, content: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def test_wrong_hash_sam_checkpoint_is_refused(empty_cache, offline):
+    path = _plant(empty_cache / "sam_vit_b_01ec64.pth", b"an interrupted download")
+    for call in (lambda: weights.sam_checkpoint("vit_b"), lambda: weights.fetch("sam_vit_b")):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(path) in str(err.value) and weights.SAM_CHECKPOINTS["vit_b"][1] in str(err.value)
+    assert offline == [] and path.read_bytes() == b"an interrupted download"  # refused, not replaced
+
+
+def test_right_hash_sam_checkpoint_is_used(empty_cache, offline, monkeypatch):
+    import hashlib
+
+    content = b"stands in for the release"
+    path = _plant(empty_cache / "sam_vit_b_01ec64.pth", content)
+    monkeypatch.setitem(weights.SAM_CHECKPOINTS, "vit_b", (SAM_URL, hashlib.sha256(content).hexdigest()))
+    assert weights.sam_checkpoint("vit_b") == path
+    assert weights.fetch("sam_vit_b") == path and offline == []
+
+
+def test_fetch_sam_refuses_a_wrong_download(empty_cache, monkeypatch):
+    def corrupt(url, dst, **kwargs):
+        _plant(Path(dst), b"a proxy's error page")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", corrupt)
+    with pytest.raises(ValueError, match="downloaded file refused"):
+        weights.fetch_sam("vit_b")
+    assert not any(empty_cache.iterdir()), "neither the file nor its temporary may stay"
+
+
+def test_local_sam_checkpoint_is_used_as_it_is(tmp_path, offline):
+    path = _plant(tmp_path / "mine.pth", b"x")
+    assert weights.sam_checkpoint("vit_h", str(path)) == path
+    with pytest.raises(FileNotFoundError, match="segmenter.sam.checkpoint"):
+        weights.sam_checkpoint("vit_h", str(tmp_path / "absent.pth"))

@@ -7,7 +7,7 @@ from locseg.config import SCHEMA, ConfigError, validate_config
 from locseg.fingerprint import code_fingerprint, stat_files, stats_fingerprint, tree_files
 from locseg.shards import shard_names
 from locseg.sources import EXTERNAL, dataset_files
-from locseg.weights import CAM_NET, IMAGENET
+from locseg.weights import CAM_NET, IMAGENET, SAM_PREFIX
 
 
 try:
@@ -166,3 +166,12 @@ def report_grid_inputs(wc):
     if val != SPLITS["pseudo_eval"]:
         return {}
     return {"grid_cams": cam_shards(val), "grid_masks": rules.export_masks.output.masks.format(split=val)}
+
+
+def segmenter_model():
+    """resegment's model: the trained segmenter, or with `kind: sam` a local SAM checkpoint or the note of
+    fetch_weights on the cached release (so train_segmenter is not in a SAM run's DAG)."""
+    seg = config["segmenter"]
+    if seg["kind"] == "learned":
+        return rules.train_segmenter.output.model
+    return seg["sam"]["checkpoint"] or f"{RESULTS}/weights/{SAM_PREFIX}{seg['sam']['model']}.json"

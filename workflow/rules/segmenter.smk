@@ -35,9 +35,9 @@ rule train_segmenter:
 
 
 rule resegment:
-    """Every present class of every image through the segmenter, `rounds` times, one shard."""
+    """Every present class of every image through the segmenter (or SAM), `rounds` times, one shard."""
     input:
-        model=rules.train_segmenter.output.model,
+        model=segmenter_model(),
         cams=rules.extract_cams.output.store,
         split=lambda wc: split_file(wc.split),
     output:
@@ -45,6 +45,7 @@ rule resegment:
     params:
         classes=config["classes"],
         reseg=pick("reseg", "rounds", "flip", "keep_rounds", "max_side"),
+        sam=config["segmenter"]["sam"] if config["segmenter"]["kind"] == "sam" else None,
         canvas=config["inference"]["canvas"],  # changes the maps; the rest of `inference` is speed only
         data=lambda wc: data_version(wc.split, "images"),
         code=code_version("resegment"),

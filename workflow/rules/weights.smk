@@ -1,6 +1,7 @@
-# Pretrained weights: torchvision's ImageNet ResNets into torch's cache (TORCH_HOME), before any training job.
+# Pretrained weights: torchvision's ImageNet ResNets and the released SAM checkpoints into torch's cache
+# (TORCH_HOME), before any job that reads them.
 
-from locseg.weights import IMAGENET_BACKBONES
+from locseg.weights import IMAGENET_BACKBONES, SAM_CHECKPOINTS, SAM_PREFIX
 
 
 localrules:
@@ -9,7 +10,8 @@ localrules:
 
 rule fetch_weights:
     """Local rule (on a cluster it runs on the login node, which has internet): download a backbone's
-    ImageNet weights into torch's cache unless they are there; training jobs only read the cache. The
+    ImageNet weights (`sam_<model>`: a SAM checkpoint, SHA-256 checked) into torch's cache unless they are
+    there; the jobs that use them only read the cache. The
     output is a note of where the file is, so a rerun never deletes or re-downloads the cache."""
     output:
         note=f"{RESULTS}/weights/{{backbone}}.json",
@@ -18,6 +20,6 @@ rule fetch_weights:
     benchmark:
         bench_path("fetch_weights", "{backbone}")
     wildcard_constraints:
-        backbone="|".join(IMAGENET_BACKBONES),
+        backbone="|".join([*IMAGENET_BACKBONES, *(SAM_PREFIX + m for m in SAM_CHECKPOINTS)]),
     script:
         "../scripts/fetch_weights.py"
