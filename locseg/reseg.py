@@ -15,7 +15,7 @@ from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment,
 from locseg.data.voc import image_size, read_image
 from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
-from locseg.checkpoints import load_checkpoint, save_checkpoint
+from locseg.checkpoints import load_model, save_checkpoint
 from locseg.devices import pick_device
 from locseg.runtime import prepare_model, seed_everything
 from locseg.train import fit
@@ -229,10 +229,8 @@ def train_segmenter(
 
 def load_segmenter(path, class_names: list[str], device: torch.device) -> tuple[Segmenter, str]:
     """The model and the feedback rule it was trained for (checkpoints before `feedback`: the output)."""
-    payload = load_checkpoint(path, "segmenter", class_names)
-    meta = payload["meta"]
-    model = Segmenter(meta["backbone"], meta["output_stride"], None, meta["width"])
-    model.load_state_dict(payload["state_dict"])
+    model, meta = load_model(path, "segmenter", class_names,
+                             lambda meta: Segmenter(meta["backbone"], meta["output_stride"], None, meta["width"]))
     return prepare_model(model, device).eval(), meta.get("feedback", "output")
 
 
