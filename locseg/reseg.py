@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from locseg.batching import Compute, StageItems, crop_rows, maybe_compile, run_stage, size_order, to_input
-from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment, normalize
+from locseg.data.transforms import AugmentedSet, add_mirrored, inference_scale, joint_augment, normalize
 from locseg.data.voc import image_size, read_image
 from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
@@ -285,7 +285,7 @@ def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, compute:
         with compute.autocast():
             probs = torch.sigmoid(model(x, cue).float())
             if flip:
-                probs = 0.5 * (probs + torch.sigmoid(model(mirrored, cue.flip(-1)).float()).flip(-1))
+                probs = 0.5 * add_mirrored(probs, torch.sigmoid(model(mirrored, cue.flip(-1)).float()))
         cue = next_cue(cam, probs, feedback)
         full = probs if s == 1.0 else F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
         out.append(full[:, 0])
