@@ -15,7 +15,7 @@ from locseg.data.transforms import AugmentedSet, fold_flip, inference_scale, joi
 from locseg.data.voc import image_size, read_image
 from locseg.models.cam import CamNet
 from locseg.store import StoreWriter, file_sha256
-from locseg.checkpoints import load_checkpoint, save_checkpoint
+from locseg.checkpoints import load_model, save_checkpoint
 from locseg.devices import pick_device
 from locseg.runtime import prepare_model, seed_everything
 from locseg.train import fit
@@ -94,10 +94,8 @@ def cam_from_weights(class_names: list[str], out_path, *, backbone: str, weights
 
 
 def load_cam_net(path, class_names: list[str], device: torch.device) -> CamNet:
-    payload = load_checkpoint(path, "cam", class_names)
-    meta = payload["meta"]
-    model = CamNet(len(class_names) - 1, meta["backbone"], meta["output_stride"])
-    model.load_state_dict(payload["state_dict"])
+    model, _ = load_model(path, "cam", class_names,
+                          lambda meta: CamNet(len(class_names) - 1, meta["backbone"], meta["output_stride"]))
     return prepare_model(model, device).eval()
 
 

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from locseg.batching import Compute, StageItems, crop_rows, maybe_compile, run_stage, size_order, to_input
-from locseg.data.transforms import AugmentedSet, inference_scale, joint_augment, normalize
+from locseg.data.transforms import AugmentedSet, add_mirrored, inference_scale, joint_augment, normalize
 from locseg.data.voc import image_size, read_image
 from locseg.models.segmenter import Segmenter
 from locseg.store import ShardedStore, StoreWriter, file_sha256
-from locseg.checkpoints import load_checkpoint, save_checkpoint
+from locseg.checkpoints import load_model, save_checkpoint
 from locseg.devices import pick_device
 from locseg.runtime import prepare_model, seed_everything
 from locseg.sam import sam_resegmenter
@@ -230,10 +230,8 @@ def train_segmenter(
 
 def load_segmenter(path, class_names: list[str], device: torch.device) -> tuple[Segmenter, str]:
     """The model and the feedback rule it was trained for (checkpoints before `feedback`: the output)."""
-    payload = load_checkpoint(path, "segmenter", class_names)
-    meta = payload["meta"]
-    model = Segmenter(meta["backbone"], meta["output_stride"], None, meta["width"])
-    model.load_state_dict(payload["state_dict"])
+    model, meta = load_model(path, "segmenter", class_names,
+                             lambda meta: Segmenter(meta["backbone"], meta["output_stride"], None, meta["width"]))
     return prepare_model(model, device).eval(), meta.get("feedback", "output")
 
 
@@ -288,7 +286,7 @@ def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, compute:
         with compute.autocast():
             probs = torch.sigmoid(model(x, cue).float())
             if flip:
-                probs = 0.5 * (probs + torch.sigmoid(model(mirrored, cue.flip(-1)).float()).flip(-1))
+                probs = 0.5 * add_mirrored(probs, torch.sigmoid(model(mirrored, cue.flip(-1)).float()))
         cue = next_cue(cam, probs, feedback)
         full = probs if s == 1.0 else F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
         out.append(full[:, 0])

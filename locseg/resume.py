@@ -184,13 +184,25 @@ class TrainState:
                 "loader": at.loader_rng if at.batch else generator.get_state(),
             },
         }
-        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
-            torch.save(state, f)
+        try:
+            self._write(state)
+        except FileNotFoundError:  # another job's `remove` took the empty folder between mkdir and open
+            self._write(state)
         self._saved_at = time.monotonic()
 
+    def _write(self, state: dict) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+
     def remove(self) -> None:
-        """Drop the state: the job's output is complete (or the state is stale)."""
+        """Drop the state: the job's output is complete (or the state is stale). The folder goes too once no
+        other job's state is in it: rmdir refuses a non-empty folder, and a job that saves into it just
+        after rmdir (atomic_path made the folder, rmdir took it) writes once more (`save`)."""
         self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # another job's state (or its .tmp) is there, or the folder is already gone
+            pass
 
 
 class SkipBatches(Sampler):

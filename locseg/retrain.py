@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from locseg.data.transforms import AugmentedSet, fold_flip, joint_augment, multiscale_views, normalize
 from locseg.data.voc import read_image, read_mask
 from locseg.models.deeplab import build_deeplab
-from locseg.checkpoints import load_checkpoint, save_checkpoint
+from locseg.checkpoints import load_model, save_checkpoint
 from locseg.devices import pick_device
 from locseg.runtime import autocast, prepare_model, seed_everything
 from locseg.train import fit
@@ -78,9 +78,7 @@ def train_deeplab(
 
 
 def load_deeplab(path, class_names: list[str], device: torch.device):
-    payload = load_checkpoint(path, "deeplab", class_names)
-    model = build_deeplab(len(class_names), payload["meta"]["backbone"])
-    model.load_state_dict(payload["state_dict"])
+    model, _ = load_model(path, "deeplab", class_names, lambda meta: build_deeplab(len(class_names), meta["backbone"]))
     return prepare_model(model, device).eval()
 
 

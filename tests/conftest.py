@@ -39,6 +39,15 @@ def tiny(tmp_path_factory) -> dict:
     }
 
 
+def assert_seed_decides(first, same_seed, other_seed) -> None:
+    """Three checkpoints of one training call: the same seed gives equal tensors, another seed other ones."""
+    a, b, c = (torch.load(p, weights_only=True)["state_dict"] for p in (first, same_seed, other_seed))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())  # the seed is used
+
+
 PLANT_SCALE = 10.0  # planted conv weights are torchvision's init x 10: no random init looks like them
 
 

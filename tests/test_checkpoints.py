@@ -76,13 +76,89 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
         load_checkpoint(path, "cam")
 
 
-def test_checkpoint_other_version(tmp_path, monkeypatch):
+def _save_as_version(path, model, kind, meta, version):
+    """A checkpoint as an older (or newer) locseg wrote it: the same payload under another format version
+    (None: no version key)."""
+    payload = {"format": ck.CHECKPOINT_FORMAT, "kind": kind, "locseg_version": "0.1.0", "meta": meta,
+               "state_dict": model.state_dict()}
+    if version is not None:
+        payload["version"] = version
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize("version", [None, 0, 99])
+def test_checkpoint_of_another_version_is_one_line_naming_file_and_versions(tmp_path, version):
     path = tmp_path / "m.pt"
-    monkeypatch.setattr(ck, "CHECKPOINT_VERSION", 99)
-    save_checkpoint(path, _model(), "cam", {"class_names": NAMES})
-    monkeypatch.setattr(ck, "CHECKPOINT_VERSION", 1)
-    with pytest.raises(ValueError, match="version 99"):
+    _save_as_version(path, _model(), "cam", {"class_names": NAMES}, version)
+    with pytest.raises(ValueError) as e:
         load_checkpoint(path, "cam", NAMES)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg
+    assert f"version {version} found, version {ck.CHECKPOINT_VERSION} expected" in msg
+    with pytest.raises(ValueError, match=f"version {version} found"):  # also as a `weights: cam` file
+        load_weights_file(path, "test")
+
+
+def _pre_decoder_small_deeplab(num_classes: int) -> nn.Module:
+    """The small DeepLab before 0cefcf0 (torchvision's DeepLabV3 with an ASPP head, no decoder), as it was
+    built then: an old checkpoint's layout, rebuilt here."""
+    from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
+
+    from locseg.models.backbones import SmallBackbone
+
+    class OutOnly(nn.Module):
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x):
+            return {"out": self.backbone(x)["out"]}
+
+    trunk = SmallBackbone(3)
+    head = nn.Sequential(ASPP(trunk.out_channels, [2, 4, 6], out_channels=64),
+                         nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                         nn.Conv2d(64, num_classes, 1))
+    return DeepLabV3(OutOnly(trunk), head)
+
+
+def test_old_small_deeplab_fails_in_one_line_naming_file_and_versions(tmp_path):
+    """A version-1 DeepLab from before the decoder: one line with the file and both versions, not
+    load_state_dict's traceback of missing keys."""
+    from locseg.retrain import load_deeplab
+
+    path = tmp_path / "deeplab_pseudo.pt"
+    _save_as_version(path, _pre_decoder_small_deeplab(len(NAMES)), "deeplab",
+                     {"class_names": NAMES, "backbone": "small"}, 1)
+    with pytest.raises(ValueError) as e:
+        load_deeplab(path, NAMES, torch.device("cpu"))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: ")
+    assert f"format version 1 found, version {ck.CHECKPOINT_VERSION} expected" in msg
+    assert "missing" in msg and "forcerun train_deeplab" in msg
+
+
+def test_version_1_checkpoint_of_todays_layout_still_loads(tmp_path):
+    """Version 1 is kept where the tensors fit: today's results trees need not retrain."""
+    from locseg.models.deeplab import build_deeplab
+    from locseg.retrain import load_deeplab
+
+    torch.manual_seed(0)
+    model = build_deeplab(len(NAMES), "small")
+    path = tmp_path / "deeplab_gt.pt"
+    _save_as_version(path, model, "deeplab", {"class_names": NAMES, "backbone": "small"}, 1)
+    got = load_deeplab(path, NAMES, torch.device("cpu")).state_dict()
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
+
+
+def test_checkpoint_whose_tensors_misfit_its_meta_is_one_line(tmp_path):
+    from locseg.checkpoints import load_model
+
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _model(), "cam", {"class_names": NAMES})
+    with pytest.raises(ValueError) as e:
+        load_model(path, "cam", NAMES, lambda meta: nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5)))
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and "of another shape, e.g. '0.weight'" in msg
 
 
 def test_load_weights_file(tmp_path):

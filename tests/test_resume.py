@@ -3,6 +3,7 @@ bytes of an uninterrupted run; a state saved for other params or inputs is never
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -131,6 +132,38 @@ def test_finished_state_trains_nothing_more(tmp_path, reference):
     assert _train(tmp_path, _state(tmp_path), _loss(calls)) == reference and not calls
     state.remove()
     assert not state.path.exists()
+
+
+def test_remove_takes_the_resume_folder_once_no_other_state_is_in_it(tmp_path):
+    """No empty results/resume/ after a run; another job's state keeps the folder (and itself)."""
+    mine, other = _state(tmp_path), TrainState(tmp_path / "resume" / "other.pt", {}, [])
+    other.path.parent.mkdir()
+    other.path.write_bytes(b"another job's state")
+    mine.path.write_bytes(b"mine")
+    mine.remove()
+    assert not mine.path.exists() and other.path.read_bytes() == b"another job's state"
+    other.remove()
+    assert not (tmp_path / "resume").exists()
+    other.remove()  # nothing left to remove: no error
+
+
+def test_save_survives_another_jobs_rmdir_between_mkdir_and_open(tmp_path, reference, monkeypatch):
+    """The race of `remove`'s rmdir with a concurrent job's first save: that save still lands."""
+    real, raced = resume.atomic_path, []
+
+    @contextlib.contextmanager
+    def racing(path, *args, **kwargs):
+        with real(path, *args, **kwargs) as tmp:
+            if not raced:  # atomic_path has made the folder; another job's remove() now takes it
+                raced.append(1)
+                tmp.parent.rmdir()
+            yield tmp
+
+    monkeypatch.setattr(resume, "atomic_path", racing)
+    with pytest.raises(Crash):
+        _train(tmp_path, _state(tmp_path), _loss([], crash_at=3))
+    assert raced and (tmp_path / "resume/t.pt").is_file()
+    assert _train(tmp_path, _state(tmp_path), _loss([])) == reference
 
 
 def test_input_fingerprint_of_files_and_directories(tmp_path, monkeypatch):

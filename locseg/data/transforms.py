@@ -38,7 +38,13 @@ def fold_flip(maps: torch.Tensor, flip: bool) -> torch.Tensor:
     if not flip:
         return maps
     half = len(maps) // 2
-    return maps[:half] + maps[half:].flip(-1)
+    return add_mirrored(maps[:half], maps[half:])
+
+
+def add_mirrored(maps: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """`maps` plus the maps of the mirrored input, mirrored back: the one flip fold of every test-time flip
+    (resegment runs the mirrored batch as a call of its own, so its pass size stays that of one view)."""
+    return maps + mirrored.flip(-1)
 
 
 def joint_augment(

@@ -1,6 +1,6 @@
 import torch
 
-from locseg.data.transforms import fold_flip, multiscale_views
+from locseg.data.transforms import add_mirrored, fold_flip, multiscale_views
 
 
 def test_multiscale_views_resize_and_append_the_mirror():
@@ -15,3 +15,5 @@ def test_fold_flip_adds_each_mirrored_map_back_onto_its_image():
     maps = torch.tensor([[[[1.0, 2.0, 3.0]]], [[[10.0, 20.0, 30.0]]]])  # image row, then its mirrored view's
     assert fold_flip(maps, True).tolist() == [[[[31.0, 22.0, 13.0]]]]
     assert fold_flip(maps, False) is maps
+    got = add_mirrored(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 20.0, 30.0]]))
+    assert got.tolist() == [[31.0, 22.0, 13.0]]

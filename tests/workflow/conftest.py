@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +53,23 @@ def planned_jobs(workdir: Path, overrides: dict | None = None, *args: str, repo:
                 break
             jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a run's working directory, mtimes kept (so it is as up to date as `src`)."""
+    shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+    return dst
+
+
+def same_checkpoint(path, reference) -> bool:
+    """Byte-identical; if not, fail naming what differs (a byte diff of a checkpoint would take pytest ages)."""
+    if path.read_bytes() == reference.read_bytes():
+        return True
+    a, b = (torch.load(p, weights_only=True) for p in (path, reference))
+    tensors = [k for k in b["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    meta = {k: (a["meta"].get(k), v) for k, v in b["meta"].items() if a["meta"].get(k) != v}
+    raise AssertionError(f"{path} differs from the uninterrupted {reference}: tensors {tensors[:5]} "
+                         f"({len(tensors)} of {len(b['state_dict'])}), meta {meta}")
 
 
 @pytest.fixture(scope="session")

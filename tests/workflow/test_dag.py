@@ -33,6 +33,7 @@ def test_every_final_output_exists(tiny_run):
                 "results/export/deeplab-pytorch/ImageSets/SegmentationAug/train_aug.txt"]:
         assert (tiny_run / rel).is_file(), rel
     assert not list(tiny_run.glob("results/**/*.tmp")), "a temporary file was left behind"
+    assert not (tiny_run / "results/resume").exists(), "the training states' folder was left behind"
 
 
 def test_every_rule_logged_and_benchmarked(tiny_run):

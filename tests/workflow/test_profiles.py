@@ -44,7 +44,8 @@ def spy(self, workflow, *args, **kwargs):
     seen.update(cap=plain(workflow.global_resources.get("gpu")), gpu_jobs=len(gpu_jobs),
                 threads={job.rule.name: plain(job.rule.resources["_cores"]) for job in workflow.dag.jobs},
                 executor=workflow.executor_plugin.name if workflow.executor_plugin else None,
-                cluster=cluster, local=[sorted(job._get_scheduler_resources()) for job in gpu_jobs])
+                cluster=cluster, local=[sorted(job._get_scheduler_resources()) for job in gpu_jobs],
+                retries={job.rule.name: job.rule.restart_times for job in workflow.dag.jobs})
 
 JobScheduler.__init__ = spy
 try:
@@ -84,3 +85,13 @@ def test_slurm_profile_never_serialises_gpu_jobs(tmp_path, profile_args):
     # A job's cores (SLURM: --cpus-per-task) hold its DataLoader workers.
     assert seen["threads"]["train_cam"] == seen["threads"]["train_deeplab"] == 2 + 3
     assert seen["threads"]["extract_cams"] == seen["threads"]["resegment"] == 1 + 2
+
+
+def test_slurm_profile_resubmits_only_the_resumable_training_rules(tmp_path):
+    """Snakemake cannot tell a time limit from a bug: only the rules that resume are resubmitted, every
+    other failure is reported at once (tests/workflow/test_slurm.py measures both on a real SLURM)."""
+    (tmp_path / "profiles").symlink_to(REPO / "profiles")
+    retries = scheduled_resources(tmp_path, "--workflow-profile", "profiles/slurm")["retries"]
+    training = {"train_cam", "train_segmenter", "train_deeplab"}
+    assert {rule for rule, n in retries.items() if n} == training
+    assert all(retries[rule] == 3 for rule in training)

@@ -6,16 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.workflow.conftest import snakemake, snakemake_cmd
+from tests.workflow.conftest import copy_run, same_checkpoint, snakemake, snakemake_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -46,28 +44,12 @@ def before_segmenter(tmp_path_factory) -> Path:
     return workdir
 
 
-def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def clean_segmenter(before_segmenter, tmp_path_factory) -> Path:
     """The segmenter checkpoint of an uninterrupted run."""
-    workdir = _copy(before_segmenter, tmp_path_factory.mktemp("clean"))
+    workdir = copy_run(before_segmenter, tmp_path_factory.mktemp("clean"))
     snakemake(workdir, SEGMENTER, overrides=LONGER)
     return workdir / SEGMENTER
-
-
-def _same_checkpoint(path, reference) -> bool:
-    """Byte-identical; if not, fail naming what differs (a byte diff of a checkpoint would take pytest ages)."""
-    if path.read_bytes() == reference.read_bytes():
-        return True
-    a, b = (torch.load(p, weights_only=True) for p in (path, reference))
-    tensors = [k for k in b["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
-    meta = {k: (a["meta"].get(k), v) for k, v in b["meta"].items() if a["meta"].get(k) != v}
-    raise AssertionError(f"{path} differs from the uninterrupted {reference}: tensors {tensors[:5]} "
-                         f"({len(tensors)} of {len(b['state_dict'])}), meta {meta}")
 
 
 def _interrupt(workdir: Path, sig: int) -> tuple[int, float]:
@@ -96,10 +78,10 @@ def _epochs(log: str) -> list[int]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_interrupted_training_resumes_to_the_same_checkpoint(before_segmenter, clean_segmenter, tmp_path, sig):
+def test_interrupted_training_resumes_to_thesame_checkpoint(before_segmenter, clean_segmenter, tmp_path, sig):
     """Killed (or preempted) after >= 1 saved epoch, the rerun resumes, trains only the remaining epochs and
     writes the uninterrupted run's bytes; nothing is left behind."""
-    workdir = _copy(before_segmenter, tmp_path)
+    workdir = copy_run(before_segmenter, tmp_path)
     code, seconds = _interrupt(workdir, sig)
     assert not (workdir / SEGMENTER).exists() and (workdir / STATE).is_file()
     if sig == signal.SIGTERM:
@@ -112,13 +94,13 @@ def test_interrupted_training_resumes_to_the_same_checkpoint(before_segmenter, c
     resumed = re.search(r"resumed at epoch (\d+) of 6", log)
     assert resumed and int(resumed.group(1)) >= 2, log
     assert _epochs(log) == list(range(int(resumed.group(1)), 7))
-    assert _same_checkpoint(workdir / SEGMENTER, clean_segmenter)
+    assert same_checkpoint(workdir / SEGMENTER, clean_segmenter)
     assert not (workdir / STATE).exists()
     assert not list(workdir.glob("results/**/*.tmp"))
 
 
 def test_changed_param_after_a_kill_starts_fresh(before_segmenter, tmp_path):
-    workdir = _copy(before_segmenter, tmp_path)
+    workdir = copy_run(before_segmenter, tmp_path)
     _interrupt(workdir, signal.SIGKILL)
     snakemake(workdir, "--unlock", overrides=LONGER)
     snakemake(workdir, SEGMENTER, overrides={"segmenter": {"epochs": 6, "lr": 0.001}})
@@ -130,7 +112,7 @@ def test_changed_param_after_a_kill_starts_fresh(before_segmenter, tmp_path):
 def test_full_disk_ends_the_job_with_one_line_and_leaves_nothing(before_segmenter, tmp_path, small_fs):
     """extract_cams writing its store onto a 32 KB filesystem: the job fails, its log ends with which path
     ran out of space and how much it needs (no h5py traceback wall), and no temporary is left on the disk."""
-    workdir = _copy(before_segmenter, tmp_path)
+    workdir = copy_run(before_segmenter, tmp_path)
     disk = small_fs(workdir / "results/cams/coco", "32k")  # hides the stores there: the job reruns
     target = "results/cams/coco/000.h5"
     proc = snakemake(workdir, target, overrides=LONGER, check=False)

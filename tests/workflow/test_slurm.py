@@ -19,7 +19,7 @@ import time
 import pytest
 import yaml
 
-from tests.workflow.conftest import REPO
+from tests.workflow.conftest import REPO, copy_run, same_checkpoint, snakemake
 from tests.workflow.slurm import preflight, slurm_node  # noqa: F401  (pytest fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -72,7 +72,7 @@ def _cancel(job_ids):
         subprocess.run(["scancel", *sorted(job_ids)], capture_output=True, timeout=30)
 
 
-def _slurm_cmd(slurm_node, *targets: str, configs=()) -> list[str]:
+def _slurm_cmd(slurm_node, *targets: str, configs=(), set_resources=()) -> list[str]:
     """snakemake with profiles/slurm on the test cluster: the tiny config (+ `configs`), local sizes."""
     # Cluster-sized memory would run one job at a time here: let at least two fit on the node.
     mem_mb = max(100, min(1000, slurm_node.real_memory_mb // 4))
@@ -81,7 +81,7 @@ def _slurm_cmd(slurm_node, *targets: str, configs=()) -> list[str]:
             "--workflow-profile", str(PROFILE),
             # local-cluster values only; everything else comes from the profile
             "--default-resources", f"slurm_partition={slurm_node.partition}", f"mem_mb={mem_mb}", "runtime=30",
-            "--set-resources", *[f"{rule}:mem_mb={mem_mb}" for rule in SIZED],
+            "--set-resources", *[f"{rule}:mem_mb={mem_mb}" for rule in SIZED], *set_resources,
             "--slurm-no-account",                      # no accounting on the test cluster
             "--slurm-status-command", "squeue",        # no sacct without slurmdbd
             "--slurm-init-seconds-before-status-checks", "2",
@@ -151,38 +151,134 @@ def test_tiny_dag_on_slurm_matches_local_run(slurm_node, tiny_run, tmp_path):
     assert not differ, f"masks differ from the local run: {differ}"
 
 
-def test_requeued_training_job_resumes(slurm_node, tmp_path):
-    """Preemption with requeue, as SLURM does it: `scontrol requeue` stops train_segmenter once it has saved
-    an epoch (SIGTERM, SIGKILL after KillWait) and queues the same job again; the job resumes from its saved
-    state and Snakemake finishes without noticing."""
-    workdir = tmp_path / "requeue"
-    workdir.mkdir()
-    longer = workdir / "longer.yaml"
-    longer.write_text("segmenter:\n  epochs: 6\n")  # time to requeue between the first saved epoch and the end
-    state, log = workdir / "results/resume/train_segmenter.pt", workdir / "results/logs/train_segmenter.log"
+# Long enough that training outlives a 1-minute time limit (SLURM kills at 1-1.5 min) on 2 busy cores; the
+# CAM net only has to exist.
+LONG = {"cam": {"epochs": 2}, "segmenter": {"epochs": 60}}
+SEGMENTER, STATE = "results/models/segmenter.pt", "results/resume/train_segmenter.pt"
+SEG_LOG = "results/logs/train_segmenter.log"
+
+
+@pytest.fixture(scope="module")
+def segmenter_inputs(tmp_path_factory):
+    """A local run of everything train_segmenter needs, copied by each test that trains it on SLURM."""
+    workdir = tmp_path_factory.mktemp("segmenter_inputs")
+    snakemake(workdir, SEGMENTER, "--omit-from", "train_segmenter", overrides=LONG)
+    (workdir / "long.yaml").write_text(yaml.safe_dump(LONG))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_segmenter(segmenter_inputs, tmp_path_factory):
+    """The segmenter checkpoint of an uninterrupted (local) run."""
+    workdir = copy_run(segmenter_inputs, tmp_path_factory.mktemp("uninterrupted"))
+    snakemake(workdir, SEGMENTER, overrides=LONG)
+    return workdir / SEGMENTER
+
+
+def _train_segmenter_on_slurm(slurm_node, workdir, interrupt=None, set_resources=(), extra=()) -> tuple[int, str, dict]:
+    """train_segmenter alone through profiles/slurm (its inputs are up to date in `workdir`); `interrupt` is
+    called with the SLURM job id once the job has saved a state. Returns Snakemake's exit code, its output
+    and every SLURM job seen."""
+    cmd = [*_slurm_cmd(slurm_node, SEGMENTER, configs=[str(workdir / "long.yaml")], set_resources=set_resources),
+           *extra]
+    watcher = JobWatcher(interval=1.0)
+    watcher.start()
+    start = time.monotonic()
     with open(workdir / "snakemake.out", "w") as out:
-        proc = subprocess.Popen(_slurm_cmd(slurm_node, "results/models/segmenter.pt", configs=[str(longer)]),
-                                cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     job_id = None
     try:
         deadline = time.monotonic() + TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None and not state.is_file():
-            time.sleep(0.5)
-        assert state.is_file(), "train_segmenter never saved a state"
-        queue = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True, timeout=15).stdout
-        job_id = next(j for j, comment in (line.split(maxsplit=1) for line in queue.splitlines())
-                      if comment.startswith("rule_train_segmenter"))
-        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True, timeout=30)
+        if interrupt:
+            while time.monotonic() < deadline and proc.poll() is None and not (workdir / STATE).is_file():
+                time.sleep(0.5)
+            assert (workdir / STATE).is_file(), "train_segmenter never saved a state"
+            assert "epoch 60/60" not in (workdir / SEG_LOG).read_text(), "training ended before the interruption"
+            job_id = _job_of_rule("train_segmenter")
+            interrupt(job_id)
         proc.wait(timeout=max(60.0, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
             proc.wait(timeout=60)
             _cancel({job_id} if job_id else set())
+        watcher.stop()
     text = (workdir / "snakemake.out").read_text()
-    assert proc.returncode == 0, text[-4000:]
-    job = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
-                         timeout=15).stdout
-    assert "Restarts=1" in job, job
-    assert re.search(r"resumed at epoch \d of 6", log.read_text()), log.read_text()[-3000:]
-    assert (workdir / "results/models/segmenter.pt").is_file() and not state.exists()
+    print(f"\n[slurm] train_segmenter ({LONG['segmenter']['epochs']} epochs) through SLURM: "
+          f"{time.monotonic() - start:.0f} s")
+    return proc.returncode, text, watcher.jobs
+
+
+def _job_of_rule(rule: str) -> str:
+    queue = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True, timeout=15).stdout
+    return next(j for j, comment in (line.split(maxsplit=1) for line in queue.splitlines())
+                if comment.startswith(f"rule_{rule}"))
+
+
+def _rule_jobs(jobs: dict, rule: str) -> list[dict]:
+    return [job for _, job in sorted(jobs.items(), key=lambda kv: int(kv[0]))
+            if job.get("Comment", "").startswith(f"rule_{rule}")]
+
+
+def _assert_resumed_to_the_uninterrupted_bytes(workdir, uninterrupted):
+    log = (workdir / SEG_LOG).read_text()
+    assert re.search(r"resumed at epoch \d+ of 60", log), log[-3000:]
+    assert same_checkpoint(workdir / SEGMENTER, uninterrupted)
+    assert not (workdir / STATE).exists() and not (workdir / "results/resume").exists()
+
+
+def test_requeued_training_job_resumes_to_the_uninterrupted_bytes(slurm_node, segmenter_inputs,
+                                                                   uninterrupted_segmenter, tmp_path):
+    """Preemption with requeue, as SLURM does it: `scontrol requeue` stops train_segmenter mid-epoch once it
+    has saved a state (SIGTERM, SIGKILL after KillWait) and queues the same job again; the job resumes and
+    writes the uninterrupted run's bytes, and Snakemake finishes without noticing (no retry)."""
+    workdir = copy_run(segmenter_inputs, tmp_path / "requeue")
+    requeue = lambda job_id: subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True,
+                                            timeout=30)
+    code, text, jobs = _train_segmenter_on_slurm(slurm_node, workdir, interrupt=requeue)
+    assert code == 0, text[-4000:]
+    [job] = _rule_jobs(jobs, "train_segmenter")  # one SLURM job, run twice
+    assert job.get("Restarts") == "1" and job.get("JobState") == "COMPLETED", job
+    assert "Trying to restart job" not in text
+    _assert_resumed_to_the_uninterrupted_bytes(workdir, uninterrupted_segmenter)
+
+
+def test_training_job_killed_by_its_time_limit_resumes_to_the_uninterrupted_bytes(slurm_node, segmenter_inputs,
+                                                                                   uninterrupted_segmenter,
+                                                                                   tmp_path):
+    """A 1-minute limit: SLURM ends the job (SIGTERM, the state is saved), Snakemake resubmits it
+    (preemptible-retries of the training rules), and the next attempt resumes, as often as it takes: the
+    profile's 3 retries are raised here, since a busy 2-core machine may need more 1-minute attempts (the
+    profile's counts are checked in test_profiles.py)."""
+    workdir = copy_run(segmenter_inputs, tmp_path / "timeout")
+    code, text, jobs = _train_segmenter_on_slurm(slurm_node, workdir, set_resources=["train_segmenter:runtime=1"],
+                                                 extra=["--preemptible-retries", "10"])
+    assert code == 0, text[-4000:]
+    states = [job.get("JobState") for job in _rule_jobs(jobs, "train_segmenter")]
+    print(f"[slurm] train_segmenter's SLURM jobs under a 1-minute limit: {states}")
+    assert len(states) >= 2 and states[0] == "TIMEOUT" and states[-1] == "COMPLETED", states
+    assert "Trying to restart job" in text
+    _assert_resumed_to_the_uninterrupted_bytes(workdir, uninterrupted_segmenter)
+
+
+def test_a_genuine_failure_is_reported_at_once(slurm_node, tmp_path):
+    """A failing job of a rule that is not a training rule (a labels file that is no JSON) is submitted once:
+    the run stops with its error, no resubmission."""
+    workdir = tmp_path / "failure"
+    workdir.mkdir()
+    (workdir / "bad_labels.json").write_text("{not json")
+    (workdir / "bad.yaml").write_text("dataset:\n  labels_file: bad_labels.json\n")
+    watcher = JobWatcher(interval=1.0)
+    watcher.start()
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(_slurm_cmd(slurm_node, "results/labels/train.json", configs=[str(workdir / "bad.yaml")]),
+                              cwd=workdir, capture_output=True, text=True, timeout=TIMEOUT_S)
+    finally:
+        watcher.stop()
+    text = proc.stdout + proc.stderr
+    print(f"\n[slurm] a genuine failure (image_labels) reported after {time.monotonic() - start:.0f} s")
+    assert proc.returncode != 0
+    assert [job.get("JobState") for job in _rule_jobs(watcher.jobs, "image_labels")] == ["FAILED"], text[-4000:]
+    assert "Trying to restart job" not in text and "Error in rule image_labels" in text
+    assert "not valid JSON" in (workdir / "results/logs/image_labels/train.log").read_text()
