@@ -91,7 +91,7 @@ def make_data(name: str, data_root: Path, seed: int, size: str) -> None:
         heldout.generate(data_root / name, name, seed=seed, size=size)
 
 
-def cams(cfg: dict, work: Path, seed: int) -> dict:
+def cams(cfg: dict, work: Path, seed: int, epochs: int) -> dict:
     """CAM net and CAM stores of one dataset (cached on disk), and its CAM baseline."""
     work.mkdir(parents=True, exist_ok=True)
     layout, classes = voc_layout(cfg), cfg["classes"]
@@ -100,9 +100,9 @@ def cams(cfg: dict, work: Path, seed: int) -> dict:
     model, t0 = work / "cam.pt", time.time()
     if not model.exists():
         c = cfg["cam"]
-        train_cam(paths, labels, classes, model, seed=seed, device="cpu",
+        train_cam(paths, labels, classes, model, seed=seed, device="cpu", epochs=epochs,
                   **{k: c[k] for k in ("backbone", "weights", "output_stride", "crop", "scale_range", "batch_size",
-                                       "epochs", "optimizer", "lr", "weight_decay")})
+                                       "optimizer", "lr", "weight_decay")})
     infer = {k: cfg["cam"][k] for k in ("scales", "flip", "max_side")}
     for split, (p, lab) in {"train": (paths, labels), "coco": images_and_labels(cfg, "coco", None)}.items():
         if not (work / f"cams_{split}.h5").exists():
@@ -191,6 +191,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", default="default", help="dataset size: default, or tiny (a smoke run)")
+    ap.add_argument("--cam-epochs", type=int, default=None, help="CAM net epochs (default: the config's)")
+    ap.add_argument("--epoch-scale", type=float, default=1.0,
+                    help="multiplies every setting's segmenter epochs (same ratio between settings); a cache entry "
+                         "records the epochs it ran")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -208,12 +212,14 @@ def main(argv=None) -> None:
             cfg = dataset_config(base, d, args.work / "data")
             entry = results.setdefault(d, {"settings": {}})
             if "cam" not in entry:
-                entry["cam"] = cams(cfg, args.work / "runs" / d, args.seed)
+                entry["cam"] = {**cams(cfg, args.work / "runs" / d, args.seed, args.cam_epochs or cfg["cam"]["epochs"]),
+                                "epochs": args.cam_epochs or cfg["cam"]["epochs"]}
                 write_json(cache, results)
             if s in entry["settings"]:
                 continue
             log.info("dataset %s, setting %s", d, s)
-            entry["settings"][s] = {**run_setting(cfg, SETTINGS[s], args.work / "runs" / d / s, args.seed,
+            overrides = {**SETTINGS[s], "epochs": max(1, round(SETTINGS[s]["epochs"] * args.epoch_scale))}
+            entry["settings"][s] = {**run_setting(cfg, overrides, args.work / "runs" / d / s, args.seed,
                                                   args.rounds, bg_scores), "seed": args.seed}
             write_json(cache, results)
     text = "\n\n".join(table(results, datasets, settings, f"{b:g}") for b in bg_scores)

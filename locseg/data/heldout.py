@@ -5,7 +5,7 @@ square images); defaults tuned on it alone fit it. These variants keep the probl
 generic textured body, so CAMs are sparse) but change what a segmenter has to learn:
 
 - `slim`: long thin bodies with the mark inside the body, away from the outline (4 classes).
-- `crowd`: 3-5 small objects per image, each touching an earlier one; 6 classes told apart by mark colour
+- `crowd`: 3-4 small objects per image, each touching an earlier one; 6 classes told apart by mark colour
   *and* shape, so same-colour classes share a mark colour.
 - `wide`: wide or tall images (about 2:1) with one or two large objects that may leave the frame, a tiny
   mark, and smooth two-colour gradient bodies instead of stripes and checks (3 classes).
@@ -35,7 +35,7 @@ VARIANTS: dict[str, dict] = {
     "crowd": {"classes": ("background", "ibis", "jay", "kite", "lark", "mynah", "newt"),
               "marks": ((_RED, "triangle"), (_RED, "circle"), (_GREEN, "square"), (_GREEN, "plus"),
                         (_BLUE, "circle"), (_YELLOW, "triangle")),
-              "width": (128, 160), "height": (128, 160), "objects": (3, 5), "scale": (0.2, 0.32),
+              "width": (128, 160), "height": (128, 160), "objects": (3, 4), "scale": (0.2, 0.32),
               "stretch": (0.7, 1.0), "head_frac": (0.1, 0.18), "mark": "rim", "touch": True,
               "texture": "demo", "transpose": False},
     "wide": {"classes": ("background", "oryx", "puma", "quail"),
@@ -44,7 +44,7 @@ VARIANTS: dict[str, dict] = {
              "stretch": (0.5, 0.9), "head_frac": (0.02, 0.04), "mark": "rim", "touch": False,
              "texture": "gradient", "transpose": True},
 }
-COUNTS = {"default": {"train": 200, "val": 50, "coco": 200}, "tiny": {"train": 8, "val": 4, "coco": 8}}
+COUNTS = {"default": {"train": 100, "val": 25, "coco": 100}, "tiny": {"train": 8, "val": 4, "coco": 8}}
 
 
 def category_map(variant: str) -> dict[str, str]:
