@@ -7,7 +7,7 @@ with `reseg.flip` off and on, and for each `reseg.bg_score` of --bg-scores, afte
 --rounds). mIoU comes from locseg.metrics.ConfusionMatrix on labels from locseg.masks.assemble_labels, the
 code path of locseg.evaluate.evaluate_masks; the CAM baseline is locseg.evaluate.eval_cams.
 
-Results are cached per (dataset, setting) in <work>/results.json, so a rerun only computes what is missing;
+Results are cached per (dataset, setting) in <work>/results/<dataset>.json, so a rerun only computes what is missing;
 the table (every round, then mean and worst over the held-out sets) is printed and written to
 <work>/table.md. One command:
 
@@ -38,7 +38,9 @@ from locseg.reseg import resegment, train_segmenter
 from locseg.sources import coco_split, gt_paths, image_paths, images_and_labels, voc_layout
 from locseg.store import ShardedStore
 from locseg.data.labels import labels_from_masks
-from locseg.data.voc import read_mask
+from locseg import viz
+from locseg.data.voc import read_image, read_mask
+from locseg.overlays import cam_panel, sample_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ("slim", "crowd", "wide", "demo")  # held-out first: they choose; the demo is checked last
@@ -103,7 +105,7 @@ def cams(cfg: dict, work: Path, seed: int, epochs: int) -> dict:
         train_cam(paths, labels, classes, model, seed=seed, device="cpu", epochs=epochs,
                   **{k: c[k] for k in ("backbone", "weights", "output_stride", "crop", "scale_range", "batch_size",
                                        "optimizer", "lr", "weight_decay")})
-    infer = {k: cfg["cam"][k] for k in ("scales", "flip", "max_side")}
+    infer = {k: cfg["cam"][k] for k in ("scales", "flip", "max_side")}  # main() may have set the scales
     for split, (p, lab) in {"train": (paths, labels), "coco": images_and_labels(cfg, "coco", None)}.items():
         if not (work / f"cams_{split}.h5").exists():
             extract_cams(model, p, lab, list(p), classes, work / f"cams_{split}.h5", device="cpu", **infer)
@@ -153,6 +155,45 @@ def run_setting(cfg: dict, overrides: dict, work: Path, seed: int, rounds: int, 
     return result
 
 
+def rounds_analysis(cfg: dict, work: Path, bg_score: float, n_overlay: int = 8) -> dict:
+    """What a later round changes, for one trained setting (its segmenter.pt, flip on): an overlay grid
+    (image | GT | CAM | round 1 | 2 | 3) of a fixed sample, and per round the object pixels' precision and
+    recall (class-agnostic: did masks grow or shrink?) and the images whose mIoU moved most from round 1 to 2."""
+    split_file = voc_layout(cfg).split_file("train")
+    gts, paths, classes = gt_paths(cfg, split_file), image_paths(cfg, "train", split_file), cfg["classes"]
+    store = work / "probs_analysis.h5"
+    if not store.exists():
+        resegment(work / "segmenter.pt", work.parent / "cams_train.h5", paths, classes, store, rounds=3, flip=True,
+                  device="cpu")
+    counts = np.zeros((3, 3))  # per round: true positive, predicted, GT object pixels
+    moved = []
+    rows, ids = [], sample_ids(list(gts), n_overlay)
+    with ShardedStore([store], kind="prob", class_names=classes) as probs, \
+            ShardedStore([work.parent / "cams_train.h5"], kind="cam", class_names=classes) as cam_store:
+        for image_id, gt_path in gts.items():
+            maps, present = probs.read(image_id)
+            gt = read_mask(gt_path, len(classes), maps.shape[1:])
+            labels = [assemble_labels(r, present, bg_score) for r in probs.read_extra(image_id, "rounds")]
+            valid = gt != 255
+            for r, lab in enumerate(labels):
+                counts[r] += [((lab == gt) & (gt > 0) & valid).sum(), ((lab > 0) & valid).sum(), ((gt > 0) & valid).sum()]
+            per_round = []
+            for lab in labels[:2]:
+                cm = ConfusionMatrix(len(classes))
+                cm.update(gt, lab)
+                per_round.append(cm.scores(classes)["miou"])
+            moved.append((per_round[1] - per_round[0], image_id))
+            if image_id in ids:
+                image = read_image(paths[image_id])
+                rows.append([image, viz.blend(image, gt), cam_panel(image, cam_store.read(image_id)[0]),
+                             *(viz.blend(image, lab) for lab in labels)])
+    viz.save_grid(work / "rounds_overlay.png", rows, ["image", "ground truth", "CAM", "round 1", "round 2",
+                                                       "round 3"], ids)
+    moved.sort()
+    return {"precision": (counts[:, 0] / counts[:, 1]).tolist(), "recall": (counts[:, 0] / counts[:, 2]).tolist(),
+            "most_worse_1_to_2": moved[:3], "most_better_1_to_2": moved[-3:], "overlay": str(work / "rounds_overlay.png")}
+
+
 def table(results: dict, datasets, settings, bg: str) -> str:
     """Markdown: CAM and rounds 1..R per dataset, per setting and flip at one bg_score, then mean/worst."""
     lines = [f"bg_score {bg}; cells: rounds 1 / 2 / 3 (best in the last column group)", "",
@@ -182,7 +223,7 @@ def table(results: dict, datasets, settings, bg: str) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", type=Path, required=True, help="data, models and results.json go here")
+    ap.add_argument("--work", type=Path, required=True, help="data, models and results/<dataset>.json go here")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--config", type=Path, default=ROOT / "config/config.yaml")
@@ -192,9 +233,12 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", default="default", help="dataset size: default, or tiny (a smoke run)")
     ap.add_argument("--cam-epochs", type=int, default=None, help="CAM net epochs (default: the config's)")
+    ap.add_argument("--cam-scales", default=None, help="CAM inference scales, e.g. 1.0 (default: the config's)")
     ap.add_argument("--epoch-scale", type=float, default=1.0,
                     help="multiplies every setting's segmenter epochs (same ratio between settings); a cache entry "
                          "records the epochs it ran")
+    ap.add_argument("--analyse", default=None, metavar="DATASET:SETTING,...",
+                    help="after the benchmark, the rounds analysis of these trained settings (flip on, bg 0.5)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -204,8 +248,10 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f"unknown dataset(s) or setting(s) {unknown}; datasets {DATASETS}, settings {list(SETTINGS)}")
     bg_scores = [float(b) for b in args.bg_scores.split(",")]
-    cache = args.work / "results.json"
-    results = read_json(cache) if cache.exists() else {}
+    if args.cam_scales:
+        base["cam"]["scales"] = [float(x) for x in args.cam_scales.split(",")]
+    # One cache file per dataset, so runs on different datasets can go in parallel.
+    results = {p.stem: read_json(p) for p in sorted((args.work / "results").glob("*.json"))}
     for s in settings:  # setting-major: each setting's row fills across datasets before the next one starts
         for d in datasets:
             make_data(d, args.work / "data", args.seed, args.size)
@@ -213,15 +259,21 @@ def main(argv=None) -> None:
             entry = results.setdefault(d, {"settings": {}})
             if "cam" not in entry:
                 entry["cam"] = {**cams(cfg, args.work / "runs" / d, args.seed, args.cam_epochs or cfg["cam"]["epochs"]),
-                                "epochs": args.cam_epochs or cfg["cam"]["epochs"]}
-                write_json(cache, results)
+                                "epochs": args.cam_epochs or cfg["cam"]["epochs"], "scales": cfg["cam"]["scales"]}
+                write_json(args.work / "results" / f"{d}.json", entry)
             if s in entry["settings"]:
                 continue
             log.info("dataset %s, setting %s", d, s)
             overrides = {**SETTINGS[s], "epochs": max(1, round(SETTINGS[s]["epochs"] * args.epoch_scale))}
             entry["settings"][s] = {**run_setting(cfg, overrides, args.work / "runs" / d / s, args.seed,
                                                   args.rounds, bg_scores), "seed": args.seed}
-            write_json(cache, results)
+            write_json(args.work / "results" / f"{d}.json", entry)
+    for pair in args.analyse.split(",") if args.analyse else []:
+        d, s = pair.split(":")
+        cfg = dataset_config(base, d, args.work / "data")
+        results[d]["settings"][s]["analysis"] = rounds_analysis(cfg, args.work / "runs" / d / s, 0.5)
+        write_json(args.work / "results" / f"{d}.json", results[d])
+        print(d, s, results[d]["settings"][s]["analysis"])
     text = "\n\n".join(table(results, datasets, settings, f"{b:g}") for b in bg_scores)
     (args.work / "table.md").write_text(text + "\n")
     print(text)
