@@ -47,7 +47,7 @@ SIZES = {
     "tiny": {"train": 12, "val": 6, "coco": 16, "width": (48, 72), "height": (48, 72),
              "objects": (1, 3), "scale": (0.25, 0.5), "head_frac": (0.06, 0.12), "distractors": (0, 1),
              "blobs": (1, 4), "tortoise_prob": 0.1, "crowd_prob": 0.25},
-    # The real datasets' image sizes (VOC's and COCO's commonest), cycled per image: a handful of images for
+    # The real datasets' image sizes (VOC's and COCO's commonest), cycled per image of a split: a handful of images for
     # running the paper config's real models on CPU (tests/workflow/test_paper_realsize.py). Images 8 and 9
     # share a canvas with images 0 and 1 (384x512, 512x384) at other sizes: with 8 shards (round-robin) they
     # meet in one shard, so a batch mixes sizes.
@@ -68,22 +68,47 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "default") -
     if size not in SIZES:
         raise ValueError(f"unknown demo size {size!r}; expected one of {sorted(SIZES)}")
     cfg = SIZES[size]
+    coco_names = {c: [n for n, k in DEMO_COCO_CATEGORY_MAP.items() if k == DEMO_CLASSES[c]]
+                  for c in range(1, len(DEMO_CLASSES))}
+    coco_names[_TORTOISE] = ["tortoise"]
+    n_classes = len(DEMO_CLASSES) - 1
+
+    def coco_scene(rng, i):
+        # Every 9th image holds only the unmapped kind, so a loader must filter images by mapped categories.
+        only_tortoise = i % 9 == 8
+        first = _TORTOISE if only_tortoise else 1 + (i - i // 9) % n_classes
+        return _scene(rng, cfg, first_class=first, only_tortoise=only_tortoise, crowd=True,
+                      size=_fixed_size(cfg, "coco_sizes", i))
+
+    def voc_scene(rng, i):
+        return _scene(rng, cfg, first_class=1 + i % n_classes, size=_fixed_size(cfg, "voc_sizes", i))
+
+    write_layouts(out_dir, seed, {"train": cfg["train"], "val": cfg["val"], "coco": cfg["coco"]}, voc_scene, coco_scene,
+                  _COCO_CATEGORIES, coco_names, prefix="demo", description="locseg synthetic demo data")
+
+
+def write_layouts(out_dir: str | os.PathLike, seed: int, counts: dict[str, int], voc_scene, coco_scene,
+                  categories, coco_names: dict[int, list[str]], *, prefix: str, description: str) -> None:
+    """Write a synthetic dataset in the VOC layout (splits train and val, ids `<prefix>_<n>`) and the COCO
+    layout (one annotation file), replacing out_dir as a whole and atomically. `voc_scene(rng, i)` and
+    `coco_scene(rng, i)` draw image i (see `_scene` for what a scene holds); `categories` are the COCO
+    (id, name) pairs and `coco_names` the COCO names an object kind is annotated as (one drawn per object).
+    Every image has its own generator (seed, stream, index): generators share this writer and its layout."""
     with atomic_path(out_dir) as tmp:
         voc, coco = tmp / "voc", tmp / "coco"
         for d in (voc / "JPEGImages", voc / "SegmentationClass", voc / "ImageSets/Segmentation", coco / "images"):
             d.mkdir(parents=True)
-        n_train = cfg["train"]
-        for split, start, count, stream in (("train", 0, n_train, 0), ("val", n_train, cfg["val"], 1)):
+        n_train = counts["train"]
+        for split, start, count, stream in (("train", 0, n_train, 0), ("val", n_train, counts["val"], 1)):
             ids = []
             for i in range(count):
-                image_id = f"demo_{start + i:06d}"
-                scene = _scene(_rng(seed, stream, i), cfg, first_class=1 + i % (len(DEMO_CLASSES) - 1),
-                               size=_fixed_size(cfg, "voc_sizes", start + i))
+                image_id = f"{prefix}_{start + i:06d}"
+                scene = voc_scene(_rng(seed, stream, i), i)
                 _save_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", scene["image"])
                 write_mask(voc / "SegmentationClass" / f"{image_id}.png", scene["label"])
                 ids.append(image_id)
             (voc / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        _write_coco(coco, seed, cfg)
+        _write_coco(coco, seed, counts["coco"], coco_scene, categories, coco_names, description)
 
 
 def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -91,20 +116,12 @@ def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, stream, index])))
 
 
-def _write_coco(coco: Path, seed: int, cfg: dict) -> None:
+def _write_coco(coco: Path, seed: int, count: int, coco_scene, categories, coco_names, description) -> None:
     images, annotations = [], []
-    cat_ids = {name: cid for cid, name in _COCO_CATEGORIES}
-    coco_names = {c: [n for n, k in DEMO_COCO_CATEGORY_MAP.items() if k == DEMO_CLASSES[c]]
-                  for c in range(1, len(DEMO_CLASSES))}
-    coco_names[_TORTOISE] = ["tortoise"]
-    n_classes = len(DEMO_CLASSES) - 1
-    for i in range(cfg["coco"]):
+    cat_ids = {name: cid for cid, name in categories}
+    for i in range(count):
         rng = _rng(seed, 2, i)
-        # Every 9th image holds only the unmapped kind, so a loader must filter images by mapped categories.
-        only_tortoise = i % 9 == 8
-        first = _TORTOISE if only_tortoise else 1 + (i - i // 9) % n_classes
-        scene = _scene(rng, cfg, first_class=first, only_tortoise=only_tortoise, crowd=True,
-                       size=_fixed_size(cfg, "coco_sizes", i))
+        scene = coco_scene(rng, i)
         image_id = i + 1
         file_name = f"{image_id:012d}.jpg"
         _save_jpeg(coco / "images" / file_name, scene["image"])
@@ -127,11 +144,11 @@ def _write_coco(coco: Path, seed: int, cfg: dict) -> None:
                 "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": int(inst["crowd"]),
             })
     write_json(coco / "annotations" / "instances_train.json", {
-        "info": {"description": "locseg synthetic demo data", "version": "1.0"},
+        "info": {"description": description, "version": "1.0"},
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": cid, "name": name, "supercategory": "creature"} for cid, name in _COCO_CATEGORIES],
+        "categories": [{"id": cid, "name": name, "supercategory": "creature"} for cid, name in categories],
     })
 
 
@@ -276,13 +293,14 @@ def _object_at(rng, h, w, cx, cy, radius, head_frac, kind):
 
 # ---------------------------------------------------------------- shapes ----
 
-def _star_polygon(rng, cx, cy, radius, n=14) -> list[float]:
-    """A smooth random star-convex outline (low-frequency radial wobble): generic, classless."""
+def _star_polygon(rng, cx, cy, radius, n=14, stretch=(0.7, 1.0)) -> list[float]:
+    """A smooth random star-convex outline (low-frequency radial wobble): generic, classless. `stretch` is
+    the range of the minor to major axis ratio."""
     angles = np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(0, 2 * np.pi)
     wobble = np.zeros(n)
     for k in (2, 3):
         wobble += rng.uniform(0, 0.18) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
-    stretch = rng.uniform(0.7, 1.0)  # elongation, so bodies are not all round
+    stretch = rng.uniform(*stretch)  # elongation, so bodies are not all round
     tilt = rng.uniform(0, np.pi)
     r = radius * (1 + wobble)
     x, y = r * np.cos(angles), r * stretch * np.sin(angles)
