@@ -56,6 +56,13 @@ def test_estimates_cover_every_gpu_stage_and_grow_with_the_batch():
     assert all(e.per_item > 0 and e.fixed > 0 for e in stages.values())
 
 
+def test_sam_runs_estimate_no_learned_segmenter():
+    config = _config()
+    config["segmenter"]["kind"] = "sam"
+    assert {e.stage for e in stage_estimates(config)} == {"train_cam", "extract_cams", "train_deeplab",
+                                                         "evaluate_deeplab"}
+
+
 def test_line_predicts_a_batch_it_was_not_fitted_on(monkeypatch):
     """The line comes from traces at 2 and 3 items; at 5 a direct trace must land on it (activations are per
     item), within a few bytes of rounding."""

@@ -44,6 +44,10 @@ SIZES = {
     "default": {"train": 600, "val": 100, "coco": 500, "width": (96, 144), "height": (96, 144),
                 "objects": (1, 3), "scale": (0.25, 0.5), "head_frac": (0.08, 0.15), "distractors": (0, 1),
                 "blobs": (2, 6), "tortoise_prob": 0.1, "crowd_prob": 0.15},
+    # The demo's images, fewer of them: config/quick.yaml's first look in a few minutes.
+    "quick": {"train": 200, "val": 50, "coco": 200, "width": (96, 144), "height": (96, 144),
+              "objects": (1, 3), "scale": (0.25, 0.5), "head_frac": (0.08, 0.15), "distractors": (0, 1),
+              "blobs": (2, 6), "tortoise_prob": 0.1, "crowd_prob": 0.15},
     "tiny": {"train": 12, "val": 6, "coco": 16, "width": (48, 72), "height": (48, 72),
              "objects": (1, 3), "scale": (0.25, 0.5), "head_frac": (0.06, 0.12), "distractors": (0, 1),
              "blobs": (1, 4), "tortoise_prob": 0.1, "crowd_prob": 0.25},

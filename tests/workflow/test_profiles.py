@@ -74,6 +74,12 @@ def test_workstation_caps_gpu_jobs(tmp_path):
     assert all("gpu" in r for r in seen["local"])
 
 
+def test_cpu_runs_ask_for_no_gpu(tmp_path):
+    """device: cpu: no job counts against the one-GPU cap, so CPU jobs are not run one at a time."""
+    seen = scheduled_resources(tmp_path, "--cores", "2", overrides={"device": "cpu"})
+    assert seen["cap"] == 1 and seen["gpu_jobs"] == 0
+
+
 @pytest.mark.parametrize("profile_args", [["--profile", "profiles/slurm"], ["--workflow-profile", "profiles/slurm"]],
                          ids=["profile", "workflow-profile"])
 def test_slurm_profile_never_serialises_gpu_jobs(tmp_path, profile_args):

@@ -22,7 +22,7 @@ rule train_cam:
         resume=resume_path("train_cam"),
     threads: 2 + config["num_workers"]  # the model's threads + one core per DataLoader worker
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
         mem_mb=8000,
         runtime=240,
     log:
@@ -49,7 +49,7 @@ rule extract_cams:
         code=code_version("extract_cams"),
     threads: 1 + config["inference"]["workers"]
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
         mem_mb=4000,
         runtime=120,
     log:

@@ -22,6 +22,10 @@ SPLITS = DATASET["splits"]
 SHARDS = shard_names(config["shards"])
 RESULTS = config["outdir"]
 CAM_MODEL = f"{RESULTS}/models/cam.pt"  # written by train_cam; loaded by the stages whose weights are "cam"
+# The GPUs a GPU stage's job asks for (resources: gpu): none with device: cpu, so on a CPU-only run the
+# workstation's one-GPU cap (profiles/default) does not serialise jobs that use no GPU, and a cluster
+# job asks SLURM for none.
+GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
 
 
 wildcard_constraints:

@@ -21,7 +21,7 @@ rule train_deeplab:
         resume=resume_path("train_deeplab_{labels}"),
     threads: 2 + config["num_workers"]  # the model's threads + one core per DataLoader worker
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
         mem_mb=8000,
         runtime=480,
     log:

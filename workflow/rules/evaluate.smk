@@ -73,7 +73,7 @@ rule evaluate_deeplab:
         code=code_version("evaluate_deeplab"),
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
         mem_mb=4000,
         runtime=60,
     log:

@@ -23,7 +23,7 @@ rule train_segmenter:
         resume=resume_path("train_segmenter"),
     threads: 2 + config["num_workers"]  # the model's threads + one core per DataLoader worker
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
         mem_mb=8000,
         runtime=480,
     log:
@@ -51,7 +51,7 @@ rule resegment:
         code=code_version("resegment"),
     threads: 1 + config["inference"]["workers"]
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
         mem_mb=4000,
         runtime=120,
     log:
