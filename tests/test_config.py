@@ -236,3 +236,15 @@ def test_merged_into_demo_default_names_the_cause(config, real_tree):
     for key in ("formicid", "chiropteran", "bull", "heifer", "cervid"):
         del config["coco"]["category_map"][key]
     validate_config(config, SCHEMA)
+
+
+def test_quick_config_merges_into_a_valid_config_of_its_own(config):
+    """config/quick.yaml over the default: valid, on the quick demo, and nothing written under the full
+    demo's paths (its outdir and demo.out hold every output, so the full demo's results stay)."""
+    from snakemake.utils import update_config
+
+    quick = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    update_config(config, quick)
+    validate_config(config, SCHEMA)
+    assert config["demo"]["size"] == "quick" and config["outdir"] != "results"
+    assert config["demo"]["out"].startswith(config["outdir"] + "/")
