@@ -21,6 +21,9 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +65,11 @@ SETTINGS: dict[str, dict] = {
                   "feedback": "output"},
     "plain_lr1": {"lr": 0.001, "epochs": 30, "passes": 1, "second_cues": [], "consistency": 0.0,
                   "feedback": "output"},
+    # One factor at a time from `3d81a16` and `now`: the feedback rule alone, and the lr alone.
+    "3d81a16_cam_mean": {"lr": 0.002, "epochs": 30, "passes": 1, "second_cues": [], "consistency": 0.0,
+                         "feedback": "cam_mean"},
+    "now_lr2": {"lr": 0.002, "epochs": 30, "passes": 1, "second_cues": ["perturbed_mask"], "consistency": 0.0,
+                "feedback": "cam_mean"},
 }
 TRAIN_KEYS = ("backbone", "weights", "output_stride", "width", "second_cues", "consistency", "feedback", "passes",
               "crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay")
@@ -221,6 +229,16 @@ def table(results: dict, datasets, settings, bg: str) -> str:
     return "\n".join(lines)
 
 
+def provenance() -> str:
+    """The commit and command line, so a table in docs/ can say exactly what produced it."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                                text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown (not a git checkout)"
+    return f"bench_method at commit {commit}: `{shlex.join(['python', *sys.argv])}`"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="data, models and results/<dataset>.json go here")
@@ -274,7 +292,7 @@ def main(argv=None) -> None:
         results[d]["settings"][s]["analysis"] = rounds_analysis(cfg, args.work / "runs" / d / s, 0.5)
         write_json(args.work / "results" / f"{d}.json", results[d])
         print(d, s, results[d]["settings"][s]["analysis"])
-    text = "\n\n".join(table(results, datasets, settings, f"{b:g}") for b in bg_scores)
+    text = "\n\n".join([provenance(), *(table(results, datasets, settings, f"{b:g}") for b in bg_scores)])
     (args.work / "table.md").write_text(text + "\n")
     print(text)
 

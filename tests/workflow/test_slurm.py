@@ -151,9 +151,9 @@ def test_tiny_dag_on_slurm_matches_local_run(slurm_node, tiny_run, tmp_path):
     assert not differ, f"masks differ from the local run: {differ}"
 
 
-# Long enough that training outlives a 1-minute time limit (SLURM kills at 1-1.5 min) on 2 busy cores; the
-# CAM net only has to exist.
-LONG = {"cam": {"epochs": 2}, "segmenter": {"epochs": 60}}
+# Long enough that training outlives a 1-minute time limit (SLURM kills at 1-1.5 min) on 2 idle cores (60
+# epochs took 42 s there); the CAM net only has to exist.
+LONG = {"cam": {"epochs": 2}, "segmenter": {"epochs": 200}}
 SEGMENTER, STATE = "results/models/segmenter.pt", "results/resume/train_segmenter.pt"
 SEG_LOG = "results/logs/train_segmenter.log"
 
@@ -193,7 +193,8 @@ def _train_segmenter_on_slurm(slurm_node, workdir, interrupt=None, set_resources
             while time.monotonic() < deadline and proc.poll() is None and not (workdir / STATE).is_file():
                 time.sleep(0.5)
             assert (workdir / STATE).is_file(), "train_segmenter never saved a state"
-            assert "epoch 60/60" not in (workdir / SEG_LOG).read_text(), "training ended before the interruption"
+            last = f"epoch {LONG['segmenter']['epochs']}/{LONG['segmenter']['epochs']}"
+            assert last not in (workdir / SEG_LOG).read_text(), "training ended before the interruption"
             job_id = _job_of_rule("train_segmenter")
             interrupt(job_id)
         proc.wait(timeout=max(60.0, deadline - time.monotonic()))
@@ -215,14 +216,16 @@ def _job_of_rule(rule: str) -> str:
                 if comment.startswith(f"rule_{rule}"))
 
 
-def _rule_jobs(jobs: dict, rule: str) -> list[dict]:
+def _rule_jobs(jobs: dict, rule: str, workdir) -> list[dict]:
+    """The SLURM jobs of `rule` that ran in `workdir`, oldest first: slurmctld still lists the jobs of
+    earlier tests for MinJobAge seconds."""
     return [job for _, job in sorted(jobs.items(), key=lambda kv: int(kv[0]))
-            if job.get("Comment", "").startswith(f"rule_{rule}")]
+            if job.get("Comment", "").startswith(f"rule_{rule}") and job.get("WorkDir") == str(workdir)]
 
 
 def _assert_resumed_to_the_uninterrupted_bytes(workdir, uninterrupted):
     log = (workdir / SEG_LOG).read_text()
-    assert re.search(r"resumed at epoch \d+ of 60", log), log[-3000:]
+    assert re.search(rf"resumed at epoch \d+ of {LONG['segmenter']['epochs']}", log), log[-3000:]
     assert same_checkpoint(workdir / SEGMENTER, uninterrupted)
     assert not (workdir / STATE).exists() and not (workdir / "results/resume").exists()
 
@@ -237,7 +240,7 @@ def test_requeued_training_job_resumes_to_the_uninterrupted_bytes(slurm_node, se
                                             timeout=30)
     code, text, jobs = _train_segmenter_on_slurm(slurm_node, workdir, interrupt=requeue)
     assert code == 0, text[-4000:]
-    [job] = _rule_jobs(jobs, "train_segmenter")  # one SLURM job, run twice
+    [job] = _rule_jobs(jobs, "train_segmenter", workdir)  # one SLURM job, run twice
     assert job.get("Restarts") == "1" and job.get("JobState") == "COMPLETED", job
     assert "Trying to restart job" not in text
     _assert_resumed_to_the_uninterrupted_bytes(workdir, uninterrupted_segmenter)
@@ -254,7 +257,7 @@ def test_training_job_killed_by_its_time_limit_resumes_to_the_uninterrupted_byte
     code, text, jobs = _train_segmenter_on_slurm(slurm_node, workdir, set_resources=["train_segmenter:runtime=1"],
                                                  extra=["--preemptible-retries", "10"])
     assert code == 0, text[-4000:]
-    states = [job.get("JobState") for job in _rule_jobs(jobs, "train_segmenter")]
+    states = [job.get("JobState") for job in _rule_jobs(jobs, "train_segmenter", workdir)]
     print(f"[slurm] train_segmenter's SLURM jobs under a 1-minute limit: {states}")
     assert len(states) >= 2 and states[0] == "TIMEOUT" and states[-1] == "COMPLETED", states
     assert "Trying to restart job" in text
@@ -279,6 +282,6 @@ def test_a_genuine_failure_is_reported_at_once(slurm_node, tmp_path):
     text = proc.stdout + proc.stderr
     print(f"\n[slurm] a genuine failure (image_labels) reported after {time.monotonic() - start:.0f} s")
     assert proc.returncode != 0
-    assert [job.get("JobState") for job in _rule_jobs(watcher.jobs, "image_labels")] == ["FAILED"], text[-4000:]
+    assert [job.get("JobState") for job in _rule_jobs(watcher.jobs, "image_labels", workdir)] == ["FAILED"], text[-4000:]
     assert "Trying to restart job" not in text and "Error in rule image_labels" in text
     assert "not valid JSON" in (workdir / "results/logs/image_labels/train.log").read_text()

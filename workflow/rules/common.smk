@@ -49,6 +49,33 @@ def split_file(split):
 # these as lambdas, so they are computed when needed: after demo_data has written the files.
 
 
+def _reset_recorded_params_too(reset):
+    """Snakemake 9 (up to 9.27.1 at least) evaluates every script job's params when it builds the DAG and,
+    once the job's inputs are ready, resets `params` but not the `non_derived_params` it records in
+    .snakemake/metadata. The local executor reads `params` again and so refreshes both; a cluster
+    executor (SLURM) does not, and recorded the digest of a demo that did not exist yet: every SLURM job
+    downstream then saw "params changed" and reran its upstream stages inside its own allocation
+    (tests/workflow/test_slurm.py). Resetting both makes the recorded params those the job ran with."""
+
+    def reset_params_and_resources(job):
+        if not job._params_and_resources_resetted:
+            job._non_derived_params = None
+        reset(job)
+
+    return reset_params_and_resources
+
+
+def _patch_snakemake_params_reset():
+    from snakemake.jobs import Job
+
+    if not getattr(Job.reset_params_and_resources, "locseg_patched", False) and hasattr(Job, "_non_derived_params"):
+        Job.reset_params_and_resources = _reset_recorded_params_too(Job.reset_params_and_resources)
+        Job.reset_params_and_resources.locseg_patched = True
+
+
+_patch_snakemake_params_reset()
+
+
 def data_version(split, *kinds):
     """Param of every job that reads a split's dataset files of these kinds ('images', 'masks'): a digest
     of their (path, size, mtime), so editing, replacing or deleting one reruns exactly those jobs."""
