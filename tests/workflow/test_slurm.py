@@ -153,7 +153,8 @@ def test_tiny_dag_on_slurm_matches_local_run(slurm_node, tiny_run, tmp_path):
 
 # Long enough that training outlives a 1-minute time limit (SLURM kills at 1-1.5 min) on 2 idle cores (60
 # epochs took 42 s there); the CAM net only has to exist.
-LONG = {"cam": {"epochs": 2}, "segmenter": {"epochs": 200}}
+EPOCHS = 200
+LONG = {"cam": {"epochs": 2}, "segmenter": {"epochs": EPOCHS}}
 SEGMENTER, STATE = "results/models/segmenter.pt", "results/resume/train_segmenter.pt"
 SEG_LOG = "results/logs/train_segmenter.log"
 
@@ -193,8 +194,8 @@ def _train_segmenter_on_slurm(slurm_node, workdir, interrupt=None, set_resources
             while time.monotonic() < deadline and proc.poll() is None and not (workdir / STATE).is_file():
                 time.sleep(0.5)
             assert (workdir / STATE).is_file(), "train_segmenter never saved a state"
-            last = f"epoch {LONG['segmenter']['epochs']}/{LONG['segmenter']['epochs']}"
-            assert last not in (workdir / SEG_LOG).read_text(), "training ended before the interruption"
+            log = (workdir / SEG_LOG).read_text()
+            assert f"epoch {EPOCHS}/{EPOCHS}" not in log, "training ended before the interruption"
             job_id = _job_of_rule("train_segmenter")
             interrupt(job_id)
         proc.wait(timeout=max(60.0, deadline - time.monotonic()))
@@ -205,7 +206,7 @@ def _train_segmenter_on_slurm(slurm_node, workdir, interrupt=None, set_resources
             _cancel({job_id} if job_id else set())
         watcher.stop()
     text = (workdir / "snakemake.out").read_text()
-    print(f"\n[slurm] train_segmenter ({LONG['segmenter']['epochs']} epochs) through SLURM: "
+    print(f"\n[slurm] train_segmenter ({EPOCHS} epochs) through SLURM: "
           f"{time.monotonic() - start:.0f} s")
     return proc.returncode, text, watcher.jobs
 
@@ -225,7 +226,7 @@ def _rule_jobs(jobs: dict, rule: str, workdir) -> list[dict]:
 
 def _assert_resumed_to_the_uninterrupted_bytes(workdir, uninterrupted):
     log = (workdir / SEG_LOG).read_text()
-    assert re.search(rf"resumed at epoch \d+ of {LONG['segmenter']['epochs']}", log), log[-3000:]
+    assert re.search(rf"resumed at epoch \d+ of {EPOCHS}", log), log[-3000:]
     assert same_checkpoint(workdir / SEGMENTER, uninterrupted)
     assert not (workdir / STATE).exists() and not (workdir / "results/resume").exists()
 

@@ -45,35 +45,35 @@ def split_file(split):
     return f"{RESULTS}/splits/{split}.txt"
 
 
-# Dataset files are params, not inputs (~130k files at VOC + COCO scale): a digest of their stats. Use
-# these as lambdas, so they are computed when needed: after demo_data has written the files.
-
-
-def _reset_recorded_params_too(reset):
+def _patch_snakemake_params_reset():
     """Snakemake 9 (up to 9.27.1 at least) evaluates every script job's params when it builds the DAG and,
     once the job's inputs are ready, resets `params` but not the `non_derived_params` it records in
     .snakemake/metadata. The local executor reads `params` again and so refreshes both; a cluster
     executor (SLURM) does not, and recorded the digest of a demo that did not exist yet: every SLURM job
     downstream then saw "params changed" and reran its upstream stages inside its own allocation
-    (tests/workflow/test_slurm.py). Resetting both makes the recorded params those the job ran with."""
+    (tests/workflow/test_slurm.py). Resetting both makes the recorded params those the job ran with.
+    A no-op where Snakemake's Job lacks these attributes, and applied once per process (module use)."""
+    from snakemake.jobs import Job
+
+    reset = Job.reset_params_and_resources
+    if getattr(reset, "locseg_patched", False) or not all(
+            hasattr(Job, a) for a in ("_non_derived_params", "_params_and_resources_resetted")):
+        return
 
     def reset_params_and_resources(job):
         if not job._params_and_resources_resetted:
             job._non_derived_params = None
         reset(job)
 
-    return reset_params_and_resources
-
-
-def _patch_snakemake_params_reset():
-    from snakemake.jobs import Job
-
-    if not getattr(Job.reset_params_and_resources, "locseg_patched", False) and hasattr(Job, "_non_derived_params"):
-        Job.reset_params_and_resources = _reset_recorded_params_too(Job.reset_params_and_resources)
-        Job.reset_params_and_resources.locseg_patched = True
+    reset_params_and_resources.locseg_patched = True
+    Job.reset_params_and_resources = reset_params_and_resources
 
 
 _patch_snakemake_params_reset()
+
+
+# Dataset files are params, not inputs (~130k files at VOC + COCO scale): a digest of their stats. Use
+# these as lambdas, so they are computed when needed: after demo_data has written the files.
 
 
 def data_version(split, *kinds):
