@@ -71,6 +71,13 @@ SETTINGS: dict[str, dict] = {
     "now_lr2": {"lr": 0.002, "epochs": 30, "passes": 1, "second_cues": ["perturbed_mask"], "consistency": 0.0,
                 "feedback": "cam_mean"},
 }
+# Other resegmentation rules on a segmenter trained above: `trained_as` names the setting whose segmenter.pt
+# is reused (trained first if missing), `reseg_feedback` the rule its rounds run with.
+for _trained in ("3d81a16", "now", "plain_lr1"):
+    for _rule in ("cam_mean", "running_mean"):
+        if SETTINGS[_trained]["feedback"] != _rule:
+            SETTINGS[f"{_trained}_{_rule}_reseg"] = {**SETTINGS[_trained], "trained_as": _trained,
+                                                     "reseg_feedback": _rule}
 TRAIN_KEYS = ("backbone", "weights", "output_stride", "width", "second_cues", "consistency", "feedback", "passes",
               "crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay")
 
@@ -145,34 +152,42 @@ def round_scores(prob_store, gts: dict, classes: list[str], bg_scores) -> dict:
 
 
 def run_setting(cfg: dict, overrides: dict, work: Path, seed: int, rounds: int, bg_scores) -> dict:
+    """Train the setting's segmenter (or reuse that of `trained_as`, which has the same training), then score
+    every round with flip off and on, resegmenting with `reseg_feedback` where given."""
+    overrides = dict(overrides)
+    trained_as, reseg_feedback = overrides.pop("trained_as", None), overrides.pop("reseg_feedback", None)
     seg = {**{k: cfg["segmenter"][k] for k in TRAIN_KEYS}, **overrides}
-    model, t0 = work / "segmenter.pt", time.time()
+    model, t0 = (work.parent / trained_as if trained_as else work) / "segmenter.pt", time.time()
     work.mkdir(parents=True, exist_ok=True)
-    train_segmenter(coco_split(cfg), [work.parent / "cams_coco.h5"], cfg["classes"], model, seed=seed,
-                    device="cpu", **seg)
+    if not (trained_as and model.exists()):
+        model.parent.mkdir(parents=True, exist_ok=True)
+        train_segmenter(coco_split(cfg), [work.parent / "cams_coco.h5"], cfg["classes"], model, seed=seed,
+                        device="cpu", **seg)
     train_s = time.time() - t0
     split_file = voc_layout(cfg).split_file("train")
     gts, paths = gt_paths(cfg, split_file), image_paths(cfg, "train", split_file)
-    result = {"segmenter": seg, "train_s": train_s, "flip": {}}
+    result = {"segmenter": seg, "train_s": train_s, "trained_as": trained_as,
+              "reseg_feedback": reseg_feedback or seg["feedback"], "flip": {}}
     for flip in (False, True):
         store = work / f"probs_flip{int(flip)}.h5"
         resegment(model, work.parent / "cams_train.h5", paths, cfg["classes"], store, rounds=rounds, flip=flip,
-                  device="cpu")
+                  feedback=reseg_feedback, device="cpu")
         result["flip"][str(flip).lower()] = round_scores(store, gts, cfg["classes"], bg_scores)
         store.unlink()  # probabilities are large; the scores are what the table needs
     return result
 
 
-def rounds_analysis(cfg: dict, work: Path, bg_score: float, n_overlay: int = 8) -> dict:
-    """What a later round changes, for one trained setting (its segmenter.pt, flip on): an overlay grid
+def rounds_analysis(cfg: dict, work: Path, setting: dict, bg_score: float, n_overlay: int = 8) -> dict:
+    """What a later round changes, for one trained setting (its segmenter, flip on): an overlay grid
     (image | GT | CAM | round 1 | 2 | 3) of a fixed sample, and per round the object pixels' precision and
     recall (class-agnostic: did masks grow or shrink?) and the images whose mIoU moved most from round 1 to 2."""
     split_file = voc_layout(cfg).split_file("train")
     gts, paths, classes = gt_paths(cfg, split_file), image_paths(cfg, "train", split_file), cfg["classes"]
     store = work / "probs_analysis.h5"
     if not store.exists():
-        resegment(work / "segmenter.pt", work.parent / "cams_train.h5", paths, classes, store, rounds=3, flip=True,
-                  device="cpu")
+        model = work.parent / setting.get("trained_as", work.name) / "segmenter.pt"
+        resegment(model, work.parent / "cams_train.h5", paths, classes, store, rounds=3, flip=True,
+                  feedback=setting.get("reseg_feedback"), device="cpu")
     counts = np.zeros((3, 3))  # per round: true positive, predicted, GT object pixels
     moved = []
     rows, ids = [], sample_ids(list(gts), n_overlay)
@@ -289,7 +304,7 @@ def main(argv=None) -> None:
     for pair in args.analyse.split(",") if args.analyse else []:
         d, s = pair.split(":")
         cfg = dataset_config(base, d, args.work / "data")
-        results[d]["settings"][s]["analysis"] = rounds_analysis(cfg, args.work / "runs" / d / s, 0.5)
+        results[d]["settings"][s]["analysis"] = rounds_analysis(cfg, args.work / "runs" / d / s, SETTINGS[s], 0.5)
         write_json(args.work / "results" / f"{d}.json", results[d])
         print(d, s, results[d]["settings"][s]["analysis"])
     text = "\n\n".join([provenance(), *(table(results, datasets, settings, f"{b:g}") for b in bg_scores)])

@@ -40,22 +40,34 @@ def degraded_cue(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 SECOND_CUES = ("prediction", "perturbed_mask")
-FEEDBACK = ("cam_mean", "output")
+FEEDBACK = ("cam_mean", "output", "running_mean")
 
 
 def next_cue(cam: torch.Tensor, output: torch.Tensor, feedback: str) -> torch.Tensor:
-    """The cue of round r+1 from the first round's cue (the CAM) and round r's output probabilities.
+    """The cue of round r+1 from the first round's cue (the CAM) and round r's probabilities.
 
     `output` is the paper's rule: the output replaces the cue. `cam_mean` feeds the mean of the CAM and the
     output: the class evidence that located the object stays in every round, so a round refines the cue
     instead of replacing it, and an error of one round cannot become the next round's whole cue (demo, same
-    segmenter, rounds 1 / 2 / 3: output 77.3 / 77.2 / 76.0, cam_mean 77.3 / 77.9 / 77.7). Training's
-    second pass gets the same rule, so it sees the cue that rounds 2+ feed."""
-    if feedback == "cam_mean":
+    segmenter, rounds 1 / 2 / 3: output 77.3 / 77.2 / 76.0, cam_mean 77.3 / 77.9 / 77.7). `running_mean`
+    feeds back like `cam_mean`, but a round's probabilities are first averaged with the earlier rounds'
+    (`round_probs`). Training's second pass gets the same rule, so it sees the cue that rounds 2+ feed."""
+    if feedback in ("cam_mean", "running_mean"):
         return 0.5 * (cam + output)
     if feedback == "output":
         return output
     raise ValueError(f"unknown feedback {feedback!r}; choose from {list(FEEDBACK)}")
+
+
+def round_probs(outputs: list[torch.Tensor], feedback: str) -> torch.Tensor:
+    """A round's probabilities from the segmenter's outputs of rounds 1..r: the last output, or with
+    `running_mean` the mean of all of them. Averaging damps the rounds: a later round can move a mask only
+    by its share of the mean, so one round's error (a mask that grew into the background, an object
+    dropped) is diluted instead of fed forward whole; on sets where a second round overshoots, rounds 2-3
+    then stay at round 1 instead of falling below it (docs/method-defaults.md)."""
+    if feedback == "running_mean":
+        return torch.stack(outputs).mean(0)
+    return outputs[-1]
 
 
 # perturbed_mask's shrink (-) / grow (+) radius range, in units of sqrt(object area). Biased to growth: fed
@@ -281,12 +293,14 @@ def resegment_batch(model, images, cams: list[np.ndarray], rounds: int, compute:
     if compute.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     mirrored = x.flip(-1) if flip else None
-    cam, out = cue, []
+    cam, outputs, out = cue, [], []
     for _ in range(rounds):
         with compute.autocast():
             probs = torch.sigmoid(model(x, cue).float())
             if flip:
                 probs = 0.5 * add_mirrored(probs, torch.sigmoid(model(mirrored, cue.flip(-1)).float()))
+        outputs.append(probs)
+        probs = round_probs(outputs, feedback)
         cue = next_cue(cam, probs, feedback)
         full = probs if s == 1.0 else F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
         out.append(full[:, 0])
@@ -320,6 +334,7 @@ def resegment(
     keep_rounds: bool = True,
     max_side: int | None = None,
     flip: bool = False,
+    feedback: str | None = None,
     device: str = "auto",
     config: dict | None = None,
     canvas: bool = False,
@@ -329,6 +344,10 @@ def resegment(
 ) -> dict:
     """One prob store per CAM shard: `maps` = the last round; `rounds` [R,k,H,W] when keep_rounds. Images
     run in `size_order`. Returns (and logs) the images per forward pass.
+
+    `feedback` (FEEDBACK) overrides the rule the checkpoint was trained for (None: that rule); it makes a
+    difference to training only with second cues, so one segmenter trained without them can be scored
+    under every rule (benchmarks/bench_method.py).
 
     `sam` (config `segmenter.sam`, for `segmenter.kind: sam`): `checkpoint` is a SAM checkpoint and SAM
     makes the probabilities (locseg/sam.py); flip, max_side and compile are then not used. None: the
@@ -346,7 +365,11 @@ def resegment(
     compute = Compute.on(dev, bf16, channels_last, canvas)
     keep = keep_rounds and rounds > 1
     if sam is None:
-        model, feedback = load_segmenter(checkpoint, class_names, dev)
+        model, trained_for = load_segmenter(checkpoint, class_names, dev)
+        if feedback is None:
+            feedback = trained_for
+        elif feedback not in FEEDBACK:
+            raise ValueError(f"unknown feedback {feedback!r}; choose from {list(FEEDBACK)}")
         model = compute.prepare(model)
         log.info("resegment: %d rounds (feedback %s, flip %s) on %s (bf16 %s), batch_size %d, workers %d", rounds,
                  feedback, flip, dev, compute.bf16, batch_size, workers)

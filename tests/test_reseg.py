@@ -16,6 +16,7 @@ from locseg.data.transforms import normalize
 from locseg.data.voc import image_size, read_mask
 from locseg.masks import export_masks
 from locseg.models.segmenter import Segmenter
+import locseg.reseg as reseg_module
 from locseg.reseg import (
     FEEDBACK,
     GROWTH,
@@ -294,6 +295,7 @@ def test_segmenter_loss_own_prediction_is_detached():
 def test_next_cue_by_hand():
     cam, out = torch.tensor([0.0, 0.2, 1.0]), torch.tensor([1.0, 0.6, 0.0])
     torch.testing.assert_close(next_cue(cam, out, "cam_mean"), torch.tensor([0.5, 0.4, 0.5]))
+    torch.testing.assert_close(next_cue(cam, out, "running_mean"), torch.tensor([0.5, 0.4, 0.5]))
     assert next_cue(cam, out, "output") is out
     with pytest.raises(ValueError, match="unknown feedback 'mean'"):
         next_cue(cam, out, "mean")
@@ -335,12 +337,14 @@ def test_resegment_image_feeds_rounds_back(feedback):
     out = resegment_image(model, image, cams, rounds=3, device=CPU, feedback=feedback)
     assert out.shape == (3, 2, 5, 7) and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 1
-    # hand recurrence: p_r = sigmoid(2 c_r - 1); c_{r+1} = p_r (output) or (cam + p_r) / 2 (cam_mean)
+    # hand recurrence: o_r = sigmoid(2 c_r - 1); round r's p_r = o_r, or with running_mean the mean of o_1..o_r;
+    # c_{r+1} = p_r (output) or (cam + p_r) / 2 (cam_mean, running_mean)
     cam = c = cams.astype(np.float64)
-    cues = []
+    cues, raw = [], []
     for r in range(3):
         cues.append(c)
-        p = 1 / (1 + np.exp(-(2 * c - 1)))
+        raw.append(1 / (1 + np.exp(-(2 * c - 1))))
+        p = np.mean(raw, axis=0) if feedback == "running_mean" else raw[-1]
         np.testing.assert_allclose(out[r], p, atol=1e-5)
         c = p if feedback == "output" else (cam + p) / 2
     assert len(model.calls) == 3
@@ -525,3 +529,25 @@ def test_resegment_refuses_other_classes(tiny, stage, tmp_path):
     with pytest.raises(ValueError, match="yak"):
         resegment(stage["seg"], stage["cam_shards"][0], tiny["image_paths"], other, tmp_path / "p.h5", device="cpu")
     assert not (tmp_path / "p.h5").exists()
+
+
+def test_resegment_feedback_overrides_the_checkpoints_rule(tiny, stage, tmp_path, monkeypatch):
+    """`feedback` replaces the rule the checkpoint was trained for (cam_mean here): round 1 is the same
+    under every rule, round 2 under `running_mean` is the mean of round 1 and cam_mean's round 2."""
+    shard, used = stage["cam_shards"][0], []
+    real = reseg_module.resegment_batch
+    monkeypatch.setattr(reseg_module, "resegment_batch", lambda *a, **kw: used.append(kw["feedback"]) or real(*a, **kw))
+    rounds = {}
+    for rule in (None, "running_mean"):
+        out = tmp_path / f"{rule}.h5"
+        resegment(stage["seg"], shard, tiny["image_paths"], CLASSES, out, rounds=2, feedback=rule, device="cpu")
+        with StoreReader(out, kind="prob", class_names=CLASSES) as r:
+            rounds[rule] = {i: r.read_extra(i, "rounds") for i in r.ids}
+    assert set(used) == {"cam_mean", "running_mean"} and used[0] == "cam_mean"
+    for i, trained in rounds[None].items():
+        damped = rounds["running_mean"][i]
+        np.testing.assert_allclose(damped[0], trained[0], atol=1e-3)
+        np.testing.assert_allclose(damped[1], (trained[0] + trained[1]) / 2, atol=2e-3)
+    with pytest.raises(ValueError, match="unknown feedback 'mean'"):
+        resegment(stage["seg"], shard, tiny["image_paths"], CLASSES, tmp_path / "x.h5", feedback="mean", device="cpu")
+    assert not (tmp_path / "x.h5").exists()
