@@ -7,13 +7,17 @@ with `reseg.flip` off and on, and for each `reseg.bg_score` of --bg-scores, afte
 --rounds). mIoU comes from locseg.metrics.ConfusionMatrix on labels from locseg.masks.assemble_labels, the
 code path of locseg.evaluate.evaluate_masks; the CAM baseline is locseg.evaluate.eval_cams.
 
-Results are cached per (dataset, setting) in <work>/results/<dataset>.json, so a rerun only computes what is missing;
-the table (every round, then mean and worst over the held-out sets) is printed and written to
-<work>/table.md. One command:
+Each seed of --seeds draws its own datasets, CAM nets and segmenters under <work>/seed<n>/; results are
+cached per (dataset, setting) in <work>/seed<n>/results/<dataset>.json, so a rerun only computes what is
+missing. The table is printed and written to <work>/table.md: first the decision summary over every held-out
+(dataset, seed) instance (mean and worst best round, worst fall of a later round, worst gain over 3d81a16's
+defaults, instances passing), then every round per seed. One command:
 
-    PYTHONPATH=. python benchmarks/bench_method.py --work /tmp/bench_method
+    PYTHONPATH=. python benchmarks/bench_method.py --work /tmp/bench_method --seeds 0,1,2
 
---settings and --datasets pick a subset (comma-separated names). Deterministic for a seed.
+--settings and --datasets pick a subset (comma-separated names). Deterministic for a seed on one machine
+(floating-point order differs between CPUs, and a segmenter's training amplifies it: compare settings
+within one run, never with figures of another machine).
 """
 
 from __future__ import annotations
@@ -244,6 +248,40 @@ def table(results: dict, datasets, settings, bg: str) -> str:
     return "\n".join(lines)
 
 
+REFERENCE = ("3d81a16", "false", "0.5")  # (setting, flip, bg_score): 3d81a16's defaults, what a setting must beat
+
+
+def summary(per_seed: dict, settings, bg: str) -> str:
+    """Markdown: per setting and flip at one bg_score, over every held-out (dataset, seed) instance: the mean
+    and worst best round, the worst change from round 1 to a later round, the worst gain of the best round
+    over REFERENCE's best on the same instance, and on how many instances a setting passes both tests
+    (later rounds >= round 1 - 0.5 points, best >= REFERENCE's best)."""
+    ref_s, ref_flip, ref_bg = REFERENCE
+    lines = [f"bg_score {bg}, held-out sets x seeds {sorted(per_seed)}; gain: best round minus {ref_s}'s best "
+             f"(flip {ref_flip}, bg_score {ref_bg}) on the same set and seed", "",
+             "| setting | flip | mean best | worst best | worst later round - round 1 | worst gain | passes |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s in settings:
+        for flip in ("false", "true"):
+            best, drop, gain = [], [], []
+            for results in per_seed.values():
+                for d in HELD_OUT:
+                    run = results.get(d, {}).get("settings", {})
+                    if s not in run:
+                        continue
+                    m = [100 * x for x in run[s]["flip"][flip][bg]["miou"]]
+                    best.append(max(m))
+                    drop.append(min(m[1:], default=0.0) - m[0])
+                    if ref_s in run:
+                        gain.append(max(m) - 100 * max(run[ref_s]["flip"][ref_flip][ref_bg]["miou"]))
+            if not best:
+                continue
+            passes = sum(d >= -0.5 and g >= 0 for d, g in zip(drop, gain))
+            lines.append(f"| {s} | {flip} | {np.mean(best):.1f} | {min(best):.1f} | {min(drop):+.1f} | "
+                         + (f"{min(gain):+.1f} | {passes}/{len(best)} |" if len(gain) == len(best) else " | |"))
+    return "\n".join(lines)
+
+
 def provenance() -> str:
     """The commit and command line, so a table in docs/ can say exactly what produced it."""
     try:
@@ -256,14 +294,16 @@ def provenance() -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", type=Path, required=True, help="data, models and results/<dataset>.json go here")
+    ap.add_argument("--work", type=Path, required=True,
+                    help="seed<n>/ with data, models and results/<dataset>.json go here")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--config", type=Path, default=ROOT / "config/config.yaml")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bg-scores", default="0.4,0.5,0.6")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated: each seed draws its own datasets and trainings, "
+                                                 "under <work>/seed<n>/")
     ap.add_argument("--size", default="default", help="dataset size: default, or tiny (a smoke run)")
     ap.add_argument("--cam-epochs", type=int, default=None, help="CAM net epochs (default: the config's)")
     ap.add_argument("--cam-scales", default=None, help="CAM inference scales, e.g. 1.0 (default: the config's)")
@@ -283,34 +323,45 @@ def main(argv=None) -> None:
     bg_scores = [float(b) for b in args.bg_scores.split(",")]
     if args.cam_scales:
         base["cam"]["scales"] = [float(x) for x in args.cam_scales.split(",")]
-    # One cache file per dataset, so runs on different datasets can go in parallel.
-    results = {p.stem: read_json(p) for p in sorted((args.work / "results").glob("*.json"))}
-    for s in settings:  # setting-major: each setting's row fills across datasets before the next one starts
-        for d in datasets:
-            make_data(d, args.work / "data", args.seed, args.size)
-            cfg = dataset_config(base, d, args.work / "data")
-            entry = results.setdefault(d, {"settings": {}})
-            if "cam" not in entry:
-                entry["cam"] = {**cams(cfg, args.work / "runs" / d, args.seed, args.cam_epochs or cfg["cam"]["epochs"]),
-                                "epochs": args.cam_epochs or cfg["cam"]["epochs"], "scales": cfg["cam"]["scales"]}
-                write_json(args.work / "results" / f"{d}.json", entry)
-            if s in entry["settings"]:
-                continue
-            log.info("dataset %s, setting %s", d, s)
-            overrides = {**SETTINGS[s], "epochs": max(1, round(SETTINGS[s]["epochs"] * args.epoch_scale))}
-            entry["settings"][s] = {**run_setting(cfg, overrides, args.work / "runs" / d / s, args.seed,
-                                                  args.rounds, bg_scores), "seed": args.seed}
-            write_json(args.work / "results" / f"{d}.json", entry)
+    per_seed = {seed: run_seed(args, base, args.work / f"seed{seed}", seed, datasets, settings, bg_scores)
+                for seed in (int(x) for x in args.seeds.split(","))}
     for pair in args.analyse.split(",") if args.analyse else []:
         d, s = pair.split(":")
-        cfg = dataset_config(base, d, args.work / "data")
-        results[d]["settings"][s]["analysis"] = rounds_analysis(cfg, args.work / "runs" / d / s, SETTINGS[s], 0.5)
-        write_json(args.work / "results" / f"{d}.json", results[d])
-        print(d, s, results[d]["settings"][s]["analysis"])
-    text = "\n\n".join([provenance(), *(table(results, datasets, settings, f"{b:g}") for b in bg_scores)])
+        for seed, results in per_seed.items():
+            work = args.work / f"seed{seed}"
+            cfg = dataset_config(base, d, work / "data")
+            results[d]["settings"][s]["analysis"] = rounds_analysis(cfg, work / "runs" / d / s, SETTINGS[s], 0.5)
+            write_json(work / "results" / f"{d}.json", results[d])
+            print(seed, d, s, results[d]["settings"][s]["analysis"])
+    blocks = [provenance(), *(summary(per_seed, settings, f"{b:g}") for b in bg_scores)]
+    for seed, results in per_seed.items():
+        blocks += [f"## seed {seed}", *(table(results, datasets, settings, f"{b:g}") for b in bg_scores)]
+    text = "\n\n".join(blocks)
     (args.work / "table.md").write_text(text + "\n")
     print(text)
 
+
+def run_seed(args, base: dict, work: Path, seed: int, datasets, settings, bg_scores) -> dict:
+    """Every (setting, dataset) of one seed not yet in work/results/<dataset>.json; returns the results. One
+    cache file per dataset, so runs on different datasets can go in parallel."""
+    results = {p.stem: read_json(p) for p in sorted((work / "results").glob("*.json"))}
+    for s in settings:  # setting-major: each setting's row fills across datasets before the next one starts
+        for d in datasets:
+            make_data(d, work / "data", seed, args.size)
+            cfg = dataset_config(base, d, work / "data")
+            entry = results.setdefault(d, {"settings": {}})
+            if "cam" not in entry:
+                entry["cam"] = {**cams(cfg, work / "runs" / d, seed, args.cam_epochs or cfg["cam"]["epochs"]),
+                                "epochs": args.cam_epochs or cfg["cam"]["epochs"], "scales": cfg["cam"]["scales"]}
+                write_json(work / "results" / f"{d}.json", entry)
+            if s in entry["settings"]:
+                continue
+            log.info("seed %d, dataset %s, setting %s", seed, d, s)
+            overrides = {**SETTINGS[s], "epochs": max(1, round(SETTINGS[s]["epochs"] * args.epoch_scale))}
+            entry["settings"][s] = {**run_setting(cfg, overrides, work / "runs" / d / s, seed, args.rounds,
+                                                  bg_scores), "seed": seed}
+            write_json(work / "results" / f"{d}.json", entry)
+    return {d: results[d] for d in datasets if d in results}
 
 if __name__ == "__main__":
     main()

@@ -10,8 +10,6 @@ import pytest
 
 from tests.workflow.conftest import REPO
 
-pytestmark = pytest.mark.slow
-
 ARGS = ["--datasets", "slim", "--settings", "now", "--size", "tiny", "--cam-epochs", "1", "--cam-scales", "1.0",
         "--epoch-scale", "0.04", "--rounds", "2", "--bg-scores", "0.5", "--threads", "1"]
 
@@ -22,10 +20,11 @@ def _bench(work):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_table_reports_the_cached_scores_with_commit_and_command(tmp_path):
     first = _bench(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    entry = json.loads((tmp_path / "results/slim.json").read_text())
+    entry = json.loads((tmp_path / "seed0/results/slim.json").read_text())
     run = entry["settings"]["now"]
     assert run["segmenter"]["epochs"] == 1 and run["segmenter"]["feedback"] == "cam_mean"
     mious = run["flip"]["false"]["0.5"]["miou"]
@@ -33,11 +32,33 @@ def test_table_reports_the_cached_scores_with_commit_and_command(tmp_path):
 
     table = (tmp_path / "table.md").read_text()
     assert table.startswith("bench_method at commit ") and "--settings now" in table.splitlines()[0]
-    row = next(line for line in table.splitlines() if line.startswith("| now | false |"))
+    summary, per_seed = table.split("## seed 0")
+    row = next(line for line in per_seed.splitlines() if line.startswith("| now | false |"))
     assert f"{100 * mious[0]:.1f} / {100 * mious[1]:.1f}" in row
+    best, later = 100 * max(mious), 100 * (mious[1] - mious[0])
+    row = next(line for line in summary.splitlines() if line.startswith("| now | false |"))
+    assert row.startswith(f"| now | false | {best:.1f} | {best:.1f} | {later:+.1f} |")
     assert f"CAM baseline: slim {100 * entry['cam']['miou']:.1f}" in table
 
     second = _bench(tmp_path)  # everything cached: no training, same table
     assert second.returncode == 0, second.stderr[-3000:]
     assert "train_segmenter" not in second.stderr and "dataset slim, setting now" not in second.stderr
     assert (tmp_path / "table.md").read_text() == table
+
+
+def _entry(rounds_by_setting):
+    """A results/<dataset>.json entry with the given rounds (mIoU in %) for flip false and true at bg 0.5."""
+    return {"settings": {s: {"flip": {f: {"0.5": {"miou": [x / 100 for x in r]}} for f in ("false", "true")}}
+                         for s, r in rounds_by_setting.items()}}
+
+
+def test_summary_gain_fall_and_passes_by_hand():
+    """Two instances: on slim/seed 0 `x` beats 3d81a16's best (60) by 1 with rounds that hold; on slim/seed 1 its
+    round 3 falls 0.6 below round 1 (fails) while its best equals 3d81a16's (passes that test)."""
+    from benchmarks.bench_method import summary
+
+    per_seed = {0: {"slim": _entry({"3d81a16": [60, 59, 58], "x": [61, 60.6, 60.5]})},
+                1: {"slim": _entry({"3d81a16": [50, 52, 51], "x": [52, 51.9, 51.4]})}}
+    row = next(line for line in summary(per_seed, ["x"], "0.5").splitlines() if line.startswith("| x | false |"))
+    # mean best (61 + 52) / 2, worst best 52, worst later - first: min(-0.5, -0.6), worst gain min(+1, 0), passes 1/2
+    assert row == "| x | false | 56.5 | 52.0 | -0.6 | +0.0 | 1/2 |"
