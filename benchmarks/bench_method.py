@@ -57,6 +57,7 @@ HELD_OUT = ("slim", "crowd", "wide")
 # cue, the output fed back); `now` the defaults this benchmark was written against (a40fd3a); `paper` the
 # paper's rule (two passes with consistency, the output fed back) at the cost of `now` (15 two-pass epochs).
 SETTINGS: dict[str, dict] = {
+    "defaults": {},  # config/config.yaml's segmenter as it is
     "3d81a16": {"lr": 0.002, "epochs": 30, "passes": 1, "second_cues": [], "consistency": 0.0,
                 "feedback": "output"},
     "now": {"lr": 0.001, "epochs": 30, "passes": 1, "second_cues": ["perturbed_mask"], "consistency": 0.0,
@@ -155,12 +156,27 @@ def round_scores(prob_store, gts: dict, classes: list[str], bg_scores) -> dict:
     return out
 
 
+def segmenter_setting(cfg: dict, overrides: dict) -> tuple[dict, str | None, str | None]:
+    """A setting's segmenter keys (config/config.yaml's, then the setting's), `trained_as`, `reseg_feedback`."""
+    overrides = dict(overrides)
+    trained_as, reseg_feedback = overrides.pop("trained_as", None), overrides.pop("reseg_feedback", None)
+    return {**{k: cfg["segmenter"][k] for k in TRAIN_KEYS}, **overrides}, trained_as, reseg_feedback
+
+
+def is_cached(entry: dict | None, cfg: dict, overrides: dict) -> bool:
+    """A cached result counts only if it ran with the segmenter keys and rule the setting has now (a changed
+    config or SETTINGS entry recomputes it instead of reusing a stale figure)."""
+    if entry is None:
+        return False
+    seg, _, reseg_feedback = segmenter_setting(cfg, overrides)
+    return entry["segmenter"] == seg and entry.get("reseg_feedback", entry["segmenter"]["feedback"]) == \
+        (reseg_feedback or seg["feedback"])
+
+
 def run_setting(cfg: dict, overrides: dict, work: Path, seed: int, rounds: int, bg_scores) -> dict:
     """Train the setting's segmenter (or reuse that of `trained_as`, which has the same training), then score
     every round with flip off and on, resegmenting with `reseg_feedback` where given."""
-    overrides = dict(overrides)
-    trained_as, reseg_feedback = overrides.pop("trained_as", None), overrides.pop("reseg_feedback", None)
-    seg = {**{k: cfg["segmenter"][k] for k in TRAIN_KEYS}, **overrides}
+    seg, trained_as, reseg_feedback = segmenter_setting(cfg, overrides)
     model, t0 = (work.parent / trained_as if trained_as else work) / "segmenter.pt", time.time()
     work.mkdir(parents=True, exist_ok=True)
     if not (trained_as and model.exists()):
@@ -354,10 +370,11 @@ def run_seed(args, base: dict, work: Path, seed: int, datasets, settings, bg_sco
                 entry["cam"] = {**cams(cfg, work / "runs" / d, seed, args.cam_epochs or cfg["cam"]["epochs"]),
                                 "epochs": args.cam_epochs or cfg["cam"]["epochs"], "scales": cfg["cam"]["scales"]}
                 write_json(work / "results" / f"{d}.json", entry)
-            if s in entry["settings"]:
+            epochs = SETTINGS[s].get("epochs", cfg["segmenter"]["epochs"])
+            overrides = {**SETTINGS[s], "epochs": max(1, round(epochs * args.epoch_scale))}
+            if is_cached(entry["settings"].get(s), cfg, overrides):
                 continue
             log.info("seed %d, dataset %s, setting %s", seed, d, s)
-            overrides = {**SETTINGS[s], "epochs": max(1, round(SETTINGS[s]["epochs"] * args.epoch_scale))}
             entry["settings"][s] = {**run_setting(cfg, overrides, work / "runs" / d / s, seed, args.rounds,
                                                   bg_scores), "seed": seed}
             write_json(work / "results" / f"{d}.json", entry)

@@ -62,3 +62,16 @@ def test_summary_gain_fall_and_passes_by_hand():
     row = next(line for line in summary(per_seed, ["x"], "0.5").splitlines() if line.startswith("| x | false |"))
     # mean best (61 + 52) / 2, worst best 52, worst later - first: min(-0.5, -0.6), worst gain min(+1, 0), passes 1/2
     assert row == "| x | false | 56.5 | 52.0 | -0.6 | +0.0 | 1/2 |"
+
+
+def test_a_cached_result_counts_only_for_the_segmenter_it_ran_with():
+    from benchmarks.bench_method import TRAIN_KEYS, is_cached
+
+    cfg = {"segmenter": {k: 0 for k in TRAIN_KEYS} | {"lr": 0.001, "feedback": "cam_mean"}}
+    entry = {"segmenter": {**cfg["segmenter"], "lr": 0.002}, "reseg_feedback": "running_mean"}
+    overrides = {"lr": 0.002, "trained_as": "x", "reseg_feedback": "running_mean"}
+    assert is_cached(entry, cfg, overrides)
+    assert not is_cached(None, cfg, overrides)
+    assert not is_cached(entry, cfg, {**overrides, "lr": 0.004})  # the setting changed
+    assert not is_cached(entry, cfg, {**overrides, "reseg_feedback": "cam_mean"})  # another rule
+    assert not is_cached(entry, {"segmenter": {**cfg["segmenter"], "width": 32}}, overrides)  # the config changed
