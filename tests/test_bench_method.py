@@ -60,8 +60,9 @@ def test_summary_gain_fall_and_passes_by_hand():
     per_seed = {0: {"slim": _entry({"3d81a16": [60, 59, 58], "x": [61, 60.6, 60.5]})},
                 1: {"slim": _entry({"3d81a16": [50, 52, 51], "x": [52, 51.9, 51.4]})}}
     row = next(line for line in summary(per_seed, ["x"], "0.5").splitlines() if line.startswith("| x | false |"))
-    # mean best (61 + 52) / 2, worst best 52, worst later - first: min(-0.5, -0.6), worst gain min(+1, 0), passes 1/2
-    assert row == "| x | false | 56.5 | 52.0 | -0.6 | +0.0 | 1/2 |"
+    # mean best (61 + 52) / 2, worst best 52, worst later - first: min(-0.5, -0.6), worst gain min(+1, 0), passes
+    # 1/2, slim's mean gain (1 + 0) / 2, no crowd or wide
+    assert row == "| x | false | 56.5 | 52.0 | -0.6 | +0.0 | 1/2 | +0.5 |  |  |"
 
 
 def test_a_cached_result_counts_only_for_the_segmenter_it_ran_with():
