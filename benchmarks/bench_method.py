@@ -284,18 +284,20 @@ def summary(per_seed: dict, settings, bg: str) -> str:
             for results in per_seed.values():
                 for d in HELD_OUT:
                     run = results.get(d, {}).get("settings", {})
-                    if s in run and ref_s in run:
+                    if s in run:
                         m = [100 * x for x in run[s]["flip"][flip][bg]["miou"]]
-                        ref = 100 * max(run[ref_s]["flip"][ref_flip][ref_bg]["miou"])
-                        rows.append((d, max(m), min(m[1:], default=0.0) - m[0], max(m) - ref))
+                        ref = 100 * max(run[ref_s]["flip"][ref_flip][ref_bg]["miou"]) if ref_s in run else None
+                        rows.append((d, max(m), min(m[1:], default=0.0) - m[0], None if ref is None else max(m) - ref))
             if not rows:
                 continue
             _, best, drop, gain = zip(*rows)
-            passes = sum(dr >= -0.5 and g >= 0 for dr, g in zip(drop, gain))
-            per_set = [[g for d, *_, g in rows if d == name] for name in HELD_OUT]
-            lines.append(f"| {s} | {flip} | {np.mean(best):.1f} | {min(best):.1f} | {min(drop):+.1f} | "
-                         f"{min(gain):+.1f} | {passes}/{len(rows)} | "
-                         + " | ".join(f"{np.mean(g):+.1f}" if g else "" for g in per_set) + " |")
+            cells = [f"{np.mean(best):.1f}", f"{min(best):.1f}", f"{min(drop):+.1f}", "", ""]
+            if None not in gain:  # the reference ran on every instance
+                passes = sum(dr >= -0.5 and g >= 0 for dr, g in zip(drop, gain))
+                cells[3:] = [f"{min(gain):+.1f}", f"{passes}/{len(rows)}"]
+            per_set = [[g for d, *_, g in rows if d == name and g is not None] for name in HELD_OUT]
+            cells += [f"{np.mean(g):+.1f}" if g else "" for g in per_set]
+            lines.append(f"| {s} | {flip} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
