@@ -15,9 +15,10 @@ defaults, instances passing), then every round per seed. One command:
 
     PYTHONPATH=. python benchmarks/bench_method.py --work /tmp/bench_method --seeds 0,1,2
 
---settings and --datasets pick a subset (comma-separated names). Deterministic for a seed on one machine
-(floating-point order differs between CPUs, and a segmenter's training amplifies it: compare settings
-within one run, never with figures of another machine).
+--settings and --datasets pick a subset (comma-separated names). Deterministic for a seed and --threads: the
+thread count changes the order of floating-point sums, and training amplifies that into mIoU differences of
+a few points (a run at --threads 2 and one at 1 differed by up to 3 on one set), the size of the differences
+between settings; hence several seeds, and comparisons only within one run's figures.
 """
 
 from __future__ import annotations
