@@ -270,32 +270,33 @@ REFERENCE = ("3d81a16", "false", "0.5")  # (setting, flip, bg_score): 3d81a16's 
 
 def summary(per_seed: dict, settings, bg: str) -> str:
     """Markdown: per setting and flip at one bg_score, over every held-out (dataset, seed) instance: the mean
-    and worst best round, the worst change from round 1 to a later round, the worst gain of the best round
+    best and last round (the last is what the masks are made of), the worst best round, the worst change from round 1 to a later round, the worst gain of the best round
     over REFERENCE's best on the same instance, on how many instances a setting passes both tests (later
     rounds >= round 1 - 0.5 points, best >= REFERENCE's best), and each dataset's gain averaged over seeds."""
     ref_s, ref_flip, ref_bg = REFERENCE
     lines = [f"bg_score {bg}, held-out sets x seeds {sorted(per_seed)}; gain: best round minus {ref_s}'s best "
              f"(flip {ref_flip}, bg_score {ref_bg}) on the same set and seed", "",
-             "| setting | flip | mean best | worst best | worst later round - round 1 | worst gain | passes | "
+             "| setting | flip | mean best | mean last | worst best | worst later round - round 1 | worst gain | passes | "
              + " | ".join(f"{d} mean gain" for d in HELD_OUT) + " |",
-             "| --- | --- |" + " ---: |" * (5 + len(HELD_OUT))]
+             "| --- | --- |" + " ---: |" * (6 + len(HELD_OUT))]
     for s in settings:
         for flip in ("false", "true"):
-            rows = []  # per (seed, dataset) instance: dataset, best round, worst later round - round 1, gain
+            rows = []  # per (seed, dataset) instance: dataset, best round, last round, worst later - round 1, gain
             for results in per_seed.values():
                 for d in HELD_OUT:
                     run = results.get(d, {}).get("settings", {})
                     if s in run:
                         m = [100 * x for x in run[s]["flip"][flip][bg]["miou"]]
                         ref = 100 * max(run[ref_s]["flip"][ref_flip][ref_bg]["miou"]) if ref_s in run else None
-                        rows.append((d, max(m), min(m[1:], default=0.0) - m[0], None if ref is None else max(m) - ref))
+                        rows.append((d, max(m), m[-1], min(m[1:], default=0.0) - m[0],
+                                     None if ref is None else max(m) - ref))
             if not rows:
                 continue
-            _, best, drop, gain = zip(*rows)
-            cells = [f"{np.mean(best):.1f}", f"{min(best):.1f}", f"{min(drop):+.1f}", "", ""]
+            _, best, last, drop, gain = zip(*rows)
+            cells = [f"{np.mean(best):.1f}", f"{np.mean(last):.1f}", f"{min(best):.1f}", f"{min(drop):+.1f}", "", ""]
             if None not in gain:  # the reference ran on every instance
                 passes = sum(dr >= -0.5 and g >= 0 for dr, g in zip(drop, gain))
-                cells[3:] = [f"{min(gain):+.1f}", f"{passes}/{len(rows)}"]
+                cells[4:] = [f"{min(gain):+.1f}", f"{passes}/{len(rows)}"]
             per_set = [[g for d, *_, g in rows if d == name and g is not None] for name in HELD_OUT]
             cells += [f"{np.mean(g):+.1f}" if g else "" for g in per_set]
             lines.append(f"| {s} | {flip} | " + " | ".join(cells) + " |")
