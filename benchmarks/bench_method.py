@@ -164,14 +164,17 @@ def segmenter_setting(cfg: dict, overrides: dict) -> tuple[dict, str | None, str
     return {**{k: cfg["segmenter"][k] for k in TRAIN_KEYS}, **overrides}, trained_as, reseg_feedback
 
 
-def is_cached(entry: dict | None, cfg: dict, overrides: dict) -> bool:
+def is_cached(entry: dict | None, cfg: dict, overrides: dict, bg_scores, rounds: int) -> bool:
     """A cached result counts only if it ran with the segmenter keys and rule the setting has now (a changed
-    config or SETTINGS entry recomputes it instead of reusing a stale figure)."""
+    config or SETTINGS entry recomputes it instead of reusing a stale figure), and scored every bg_score and
+    round asked for."""
     if entry is None:
         return False
     seg, _, reseg_feedback = segmenter_setting(cfg, overrides)
+    scored = entry["flip"]["false"]
     return entry["segmenter"] == seg and entry.get("reseg_feedback", entry["segmenter"]["feedback"]) == \
-        (reseg_feedback or seg["feedback"])
+        (reseg_feedback or seg["feedback"]) and \
+        all(f"{b:g}" in scored and len(scored[f"{b:g}"]["miou"]) == rounds for b in bg_scores)
 
 
 def run_setting(cfg: dict, overrides: dict, work: Path, seed: int, rounds: int, bg_scores) -> dict:
@@ -321,7 +324,7 @@ def main(argv=None) -> None:
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--config", type=Path, default=ROOT / "config/config.yaml")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--bg-scores", default="0.4,0.5,0.6")
+    ap.add_argument("--bg-scores", default="0.3,0.4,0.5,0.6")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", default="0", help="comma-separated: each seed draws its own datasets and trainings, "
                                                  "under <work>/seed<n>/")
@@ -377,7 +380,7 @@ def run_seed(args, base: dict, work: Path, seed: int, datasets, settings, bg_sco
                 write_json(work / "results" / f"{d}.json", entry)
             epochs = SETTINGS[s].get("epochs", cfg["segmenter"]["epochs"])
             overrides = {**SETTINGS[s], "epochs": max(1, round(epochs * args.epoch_scale))}
-            if is_cached(entry["settings"].get(s), cfg, overrides):
+            if is_cached(entry["settings"].get(s), cfg, overrides, bg_scores, args.rounds):
                 continue
             log.info("seed %d, dataset %s, setting %s", seed, d, s)
             entry["settings"][s] = {**run_setting(cfg, overrides, work / "runs" / d / s, seed, args.rounds,

@@ -70,10 +70,13 @@ def test_a_cached_result_counts_only_for_the_segmenter_it_ran_with():
     from benchmarks.bench_method import TRAIN_KEYS, is_cached
 
     cfg = {"segmenter": {k: 0 for k in TRAIN_KEYS} | {"lr": 0.001, "feedback": "cam_mean"}}
-    entry = {"segmenter": {**cfg["segmenter"], "lr": 0.002}, "reseg_feedback": "running_mean"}
+    entry = {"segmenter": {**cfg["segmenter"], "lr": 0.002}, "reseg_feedback": "running_mean",
+             "flip": {"false": {"0.4": {"miou": [0.5, 0.6]}, "0.5": {"miou": [0.5, 0.6]}}}}
     overrides = {"lr": 0.002, "trained_as": "x", "reseg_feedback": "running_mean"}
-    assert is_cached(entry, cfg, overrides)
-    assert not is_cached(None, cfg, overrides)
-    assert not is_cached(entry, cfg, {**overrides, "lr": 0.004})  # the setting changed
-    assert not is_cached(entry, cfg, {**overrides, "reseg_feedback": "cam_mean"})  # another rule
-    assert not is_cached(entry, {"segmenter": {**cfg["segmenter"], "width": 32}}, overrides)  # the config changed
+    assert is_cached(entry, cfg, overrides, [0.4, 0.5], 2)
+    assert not is_cached(None, cfg, overrides, [0.4], 2)
+    assert not is_cached(entry, cfg, {**overrides, "lr": 0.004}, [0.4], 2)  # the setting changed
+    assert not is_cached(entry, cfg, {**overrides, "reseg_feedback": "cam_mean"}, [0.4], 2)  # another rule
+    assert not is_cached(entry, {"segmenter": {**cfg["segmenter"], "width": 32}}, overrides, [0.4], 2)  # config
+    assert not is_cached(entry, cfg, overrides, [0.3, 0.4], 2)  # a bg_score it did not score
+    assert not is_cached(entry, cfg, overrides, [0.4], 3)  # more rounds than it ran
