@@ -160,7 +160,7 @@ def test_reseg_knob_reruns_only_downstream_stages(tiny_run):
 
 
 def test_background_score_reruns_from_label_assembly(tiny_run):
-    jobs = planned_jobs(tiny_run, {"reseg": {"bg_score": 0.4}})
+    jobs = planned_jobs(tiny_run, {"reseg": {"bg_score": 0.6}})  # not the default (0.4)
     assert jobs == {"export_masks": 1, "evaluate_masks": 1, "train_deeplab": 1, "evaluate_deeplab": 1,
                     "supervision_gap": 1, "export_deeplab_pytorch": 1, "report": 1, "all": 1}
 
