@@ -62,8 +62,8 @@ def next_cue(cam: torch.Tensor, output: torch.Tensor, feedback: str) -> torch.Te
 def round_probs(outputs: list[torch.Tensor], feedback: str) -> torch.Tensor:
     """A round's probabilities from the segmenter's outputs of rounds 1..r: the last output, or with
     `running_mean` the mean of all of them. Averaging damps the rounds: a later round can move a mask only
-    by its share of the mean, so one round's error (a mask that grew into the background, an object
-    dropped) is diluted instead of fed forward whole; on sets where a second round overshoots, rounds 2-3
+    by its share of the mean, so one round's error (a mask that lost its class mark, an object dropped or
+    taken by a neighbour's class) is diluted instead of fed forward whole; on sets where a second round overshoots, rounds 2-3
     then stay at round 1 instead of falling below it (docs/method-defaults.md)."""
     if feedback == "running_mean":
         return torch.stack(outputs).mean(0)
