@@ -79,11 +79,10 @@ SETTINGS: dict[str, dict] = {
 }
 # Other resegmentation rules on a segmenter trained above: `trained_as` names the setting whose segmenter.pt
 # is reused (trained first if missing), `reseg_feedback` the rule its rounds run with.
-for _trained in ("3d81a16", "now", "plain_lr1"):
-    for _rule in ("cam_mean", "running_mean"):
-        if SETTINGS[_trained]["feedback"] != _rule:
-            SETTINGS[f"{_trained}_{_rule}_reseg"] = {**SETTINGS[_trained], "trained_as": _trained,
-                                                     "reseg_feedback": _rule}
+SETTINGS.update({f"{trained}_{rule}_reseg": {**SETTINGS[trained], "trained_as": trained, "reseg_feedback": rule}
+                 for trained in ("3d81a16", "now", "plain_lr1") for rule in ("cam_mean", "running_mean")
+                 if SETTINGS[trained]["feedback"] != rule})
+REFERENCE = ("3d81a16", "false", "0.5")  # (setting, flip, bg_score): 3d81a16's defaults, what a setting must beat
 TRAIN_KEYS = ("backbone", "weights", "output_stride", "width", "second_cues", "consistency", "feedback", "passes",
               "crop", "scale_range", "batch_size", "epochs", "optimizer", "lr", "weight_decay")
 
@@ -172,16 +171,20 @@ def is_cached(entry: dict | None, cfg: dict, overrides: dict, bg_scores, rounds:
         return False
     seg, _, reseg_feedback = segmenter_setting(cfg, overrides)
     scored = entry["flip"]["false"]
-    return entry["segmenter"] == seg and entry.get("reseg_feedback", entry["segmenter"]["feedback"]) == \
-        (reseg_feedback or seg["feedback"]) and \
+    return entry["segmenter"] == seg and entry["reseg_feedback"] == (reseg_feedback or seg["feedback"]) and \
         all(f"{b:g}" in scored and len(scored[f"{b:g}"]["miou"]) == rounds for b in bg_scores)
+
+
+def segmenter_path(work: Path, trained_as: str | None) -> Path:
+    """The segmenter a setting's run dir `work` scores: its own, or that of the setting it was trained as."""
+    return (work.parent / trained_as if trained_as else work) / "segmenter.pt"
 
 
 def run_setting(cfg: dict, overrides: dict, work: Path, seed: int, rounds: int, bg_scores) -> dict:
     """Train the setting's segmenter (or reuse that of `trained_as`, which has the same training), then score
     every round with flip off and on, resegmenting with `reseg_feedback` where given."""
     seg, trained_as, reseg_feedback = segmenter_setting(cfg, overrides)
-    model, t0 = (work.parent / trained_as if trained_as else work) / "segmenter.pt", time.time()
+    model, t0 = segmenter_path(work, trained_as), time.time()
     work.mkdir(parents=True, exist_ok=True)
     if not (trained_as and model.exists()):
         model.parent.mkdir(parents=True, exist_ok=True)
@@ -209,9 +212,8 @@ def rounds_analysis(cfg: dict, work: Path, setting: dict, bg_score: float, n_ove
     gts, paths, classes = gt_paths(cfg, split_file), image_paths(cfg, "train", split_file), cfg["classes"]
     store = work / "probs_analysis.h5"
     if not store.exists():
-        model = work.parent / setting.get("trained_as", work.name) / "segmenter.pt"
-        resegment(model, work.parent / "cams_train.h5", paths, classes, store, rounds=3, flip=True,
-                  feedback=setting.get("reseg_feedback"), device="cpu")
+        resegment(segmenter_path(work, setting.get("trained_as")), work.parent / "cams_train.h5", paths, classes,
+                  store, rounds=3, flip=True, feedback=setting.get("reseg_feedback"), device="cpu")
     counts = np.zeros((3, 3))  # per round: true positive, predicted, GT object pixels
     moved = []
     rows, ids = [], sample_ids(list(gts), n_overlay)
@@ -268,19 +270,17 @@ def table(results: dict, datasets, settings, bg: str) -> str:
     return "\n".join(lines)
 
 
-REFERENCE = ("3d81a16", "false", "0.5")  # (setting, flip, bg_score): 3d81a16's defaults, what a setting must beat
-
-
 def summary(per_seed: dict, settings, bg: str) -> str:
     """Markdown: per setting and flip at one bg_score, over every held-out (dataset, seed) instance: the mean
-    best and last round (the last is what the masks are made of), the worst best round, the worst change from round 1 to a later round, the worst gain of the best round
-    over REFERENCE's best on the same instance, on how many instances a setting passes both tests (later
-    rounds >= round 1 - 0.5 points, best >= REFERENCE's best), and each dataset's gain averaged over seeds."""
+    best and last round (the last is what the masks are made of), the worst best round, the worst change from
+    round 1 to a later round, the worst gain of the best round over REFERENCE's best on the same instance, on
+    how many instances a setting passes both tests (later rounds >= round 1 - 0.5 points, best >=
+    REFERENCE's best), and each dataset's gain averaged over seeds."""
     ref_s, ref_flip, ref_bg = REFERENCE
     lines = [f"bg_score {bg}, held-out sets x seeds {sorted(per_seed)}; gain: best round minus {ref_s}'s best "
              f"(flip {ref_flip}, bg_score {ref_bg}) on the same set and seed", "",
-             "| setting | flip | mean best | mean last | worst best | worst later round - round 1 | worst gain | passes | "
-             + " | ".join(f"{d} mean gain" for d in HELD_OUT) + " |",
+             "| setting | flip | mean best | mean last | worst best | worst later round - round 1 | worst gain "
+             "| passes | " + " | ".join(f"{d} mean gain" for d in HELD_OUT) + " |",
              "| --- | --- |" + " ---: |" * (6 + len(HELD_OUT))]
     for s in settings:
         for flip in ("false", "true"):
@@ -387,6 +387,7 @@ def run_seed(args, base: dict, work: Path, seed: int, datasets, settings, bg_sco
                                                   bg_scores), "seed": seed}
             write_json(work / "results" / f"{d}.json", entry)
     return {d: results[d] for d in datasets if d in results}
+
 
 if __name__ == "__main__":
     main()

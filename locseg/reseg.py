@@ -43,6 +43,12 @@ SECOND_CUES = ("prediction", "perturbed_mask")
 FEEDBACK = ("cam_mean", "output", "running_mean")
 
 
+def check_feedback(feedback: str) -> None:
+    """Refuse an unknown feedback rule before any work (training, a store) is started."""
+    if feedback not in FEEDBACK:
+        raise ValueError(f"unknown feedback {feedback!r}; choose from {list(FEEDBACK)}")
+
+
 def next_cue(cam: torch.Tensor, output: torch.Tensor, feedback: str) -> torch.Tensor:
     """The cue of round r+1 from the first round's cue (the CAM) and round r's probabilities.
 
@@ -52,19 +58,16 @@ def next_cue(cam: torch.Tensor, output: torch.Tensor, feedback: str) -> torch.Te
     segmenter, rounds 1 / 2 / 3: output 77.3 / 77.2 / 76.0, cam_mean 77.3 / 77.9 / 77.7). `running_mean`
     feeds back like `cam_mean`, but a round's probabilities are first averaged with the earlier rounds'
     (`round_probs`). Training's second pass gets the same rule, so it sees the cue that rounds 2+ feed."""
-    if feedback in ("cam_mean", "running_mean"):
-        return 0.5 * (cam + output)
-    if feedback == "output":
-        return output
-    raise ValueError(f"unknown feedback {feedback!r}; choose from {list(FEEDBACK)}")
+    check_feedback(feedback)
+    return output if feedback == "output" else 0.5 * (cam + output)
 
 
 def round_probs(outputs: list[torch.Tensor], feedback: str) -> torch.Tensor:
     """A round's probabilities from the segmenter's outputs of rounds 1..r: the last output, or with
     `running_mean` the mean of all of them. Averaging damps the rounds: a later round can move a mask only
     by its share of the mean, so one round's error (a mask that lost its class mark, an object dropped or
-    taken by a neighbour's class) is diluted instead of fed forward whole; on sets where a second round overshoots, rounds 2-3
-    then stay at round 1 instead of falling below it (docs/method-defaults.md)."""
+    taken by a neighbour's class) is diluted instead of fed forward whole; on sets where a second round
+    overshoots, rounds 2-3 then stay at round 1 instead of falling below it (docs/method-defaults.md)."""
     if feedback == "running_mean":
         return torch.stack(outputs).mean(0)
     return outputs[-1]
@@ -217,8 +220,7 @@ def train_segmenter(
         raise ValueError(f"segmenter passes must be 1 or 2, got {passes}")
     if consistency and (passes == 1 or not second_cues):
         raise ValueError("segmenter consistency > 0 needs two passes and at least one second cue (second_cues)")
-    if feedback not in FEEDBACK:
-        raise ValueError(f"unknown feedback {feedback!r}; choose from {list(FEEDBACK)}")
+    check_feedback(feedback)
     gen = seed_everything(seed)
     dev = pick_device(device)
     cams = ShardedStore(cam_store_paths, kind="cam", class_names=class_names) if cam_store_paths else None
@@ -366,10 +368,8 @@ def resegment(
     keep = keep_rounds and rounds > 1
     if sam is None:
         model, trained_for = load_segmenter(checkpoint, class_names, dev)
-        if feedback is None:
-            feedback = trained_for
-        elif feedback not in FEEDBACK:
-            raise ValueError(f"unknown feedback {feedback!r}; choose from {list(FEEDBACK)}")
+        feedback = trained_for if feedback is None else feedback
+        check_feedback(feedback)
         model = compute.prepare(model)
         log.info("resegment: %d rounds (feedback %s, flip %s) on %s (bf16 %s), batch_size %d, workers %d", rounds,
                  feedback, flip, dev, compute.bf16, batch_size, workers)
